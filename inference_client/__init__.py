@@ -1,0 +1,44 @@
+"""Python SDK and command-line client for InferenceServer: post a zip or a folder, wait, fetch the output."""
+
+from inference_client.client import InferenceClient, is_zip_path
+from inference_client.errors import (
+    AuthError,
+    BadRequestError,
+    ConflictError,
+    ConnectionFailedError,
+    ForbiddenError,
+    InferenceServerError,
+    InternalServerError,
+    ModelNotFoundError,
+    ServerBusyError,
+    TaskFailedError,
+    TaskNotFinishedError,
+    TaskNotFoundError,
+    TaskOutputMissingError,
+    TaskWaitTimeoutError,
+    ValidationError,
+)
+from inference_client.results import Model, TaskPage, TaskStatus
+
+__all__ = [
+    "AuthError",
+    "BadRequestError",
+    "ConflictError",
+    "ConnectionFailedError",
+    "ForbiddenError",
+    "InferenceClient",
+    "InferenceServerError",
+    "InternalServerError",
+    "Model",
+    "ModelNotFoundError",
+    "ServerBusyError",
+    "TaskFailedError",
+    "TaskNotFinishedError",
+    "TaskNotFoundError",
+    "TaskOutputMissingError",
+    "TaskPage",
+    "TaskStatus",
+    "TaskWaitTimeoutError",
+    "ValidationError",
+    "is_zip_path",
+]

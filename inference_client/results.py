@@ -1,0 +1,69 @@
+"""Typed results of the SDK: models, task status, task pages."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["FINAL_STATES", "Model", "TaskPage", "TaskState", "TaskStatus"]
+
+TaskState = Literal["pending", "running", "finished", "failed", "cancelled"]
+FINAL_STATES: frozenset[str] = frozenset({"finished", "failed", "cancelled"})
+
+
+class _Result(BaseModel):
+    """Fields the server adds later are kept (`extra`) rather than refused."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, protected_namespaces=())
+
+
+class Model(_Result):
+    """A registered model, as the server describes it."""
+
+    human_readable_id: str
+    container_tag: str
+    id: int | str | None = None
+    description: str | None = None
+    use_gpu: bool = True
+    model_available: bool = False
+    zip_sha256: str | None = None
+    zip_size: int | None = None
+    timeout: float | None = None
+    mem_limit: str | None = None
+    shm_size: str | None = None
+    cpus: float | None = None
+    network: bool = False
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class TaskStatus(_Result):
+    """Where a task stands."""
+
+    uid: str
+    status: TaskState
+    model: str | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    queue_position: int | None = None
+    attempt: int | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    consumer_id: str | None = None
+    input_size: int | None = None
+    output_size: int | None = None
+
+    @property
+    def is_final(self) -> bool:
+        """True once the task will not change any more (finished, failed or cancelled)."""
+        return self.status in FINAL_STATES
+
+
+class TaskPage(_Result):
+    """One page of a task listing."""
+
+    items: list[TaskStatus]
+    total: int
