@@ -49,10 +49,10 @@ def _entry_problem(info: zipfile.ZipInfo) -> str | None:
     parts = PurePosixPath(name.replace("\\", "/")).parts
     if ".." in parts:
         return f"entry escapes the archive with '..': {name!r}"
-    mode = info.external_attr >> 16
-    if mode and stat.S_ISLNK(mode):
+    kind = stat.S_IFMT(info.external_attr >> 16)
+    if kind == stat.S_IFLNK:
         return f"entry is a symbolic link: {name!r}"
-    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+    if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
         return f"entry is not a regular file or folder: {name!r}"
     return None
 

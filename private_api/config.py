@@ -1,0 +1,51 @@
+"""Settings of the private API, read from the environment only."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+
+from common.settings import ServiceSettings
+from common.zips import ZipLimits
+
+
+class Settings(ServiceSettings):
+    """Everything the private API reads from its environment."""
+
+    host: str = "0.0.0.0"
+    port: int = 7000
+    data_dir: Path = Path("/data")
+    database_url: str = ""
+    rabbitmq_url: str = "amqp://guest:guest@localhost:5672/%2F"
+
+    max_upload_bytes: int = Field(default=20 * 1024**3, gt=0)
+    max_zip_total_bytes: int = Field(default=64 * 1024**3, gt=0)
+    max_zip_files: int = Field(default=100_000, gt=0)
+    max_zip_ratio: float = Field(default=200.0, gt=1)
+    max_log_bytes: int = Field(default=1024 * 1024, gt=0)
+
+    lease_seconds: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    outbox_interval_seconds: float = Field(default=2.0, gt=0)
+
+    @property
+    def db_url(self) -> str:
+        """DATABASE_URL, or an SQLite file under DATA_DIR."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'inference.sqlite3'}"
+
+    @property
+    def zip_limits(self) -> ZipLimits:
+        """Limits that an uploaded zip must stay within."""
+        return ZipLimits(
+            max_total_size=self.max_zip_total_bytes,
+            max_files=self.max_zip_files,
+            max_ratio=self.max_zip_ratio,
+        )
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The settings of this process (read once)."""
+    return Settings()  # type: ignore[call-arg]

@@ -1,0 +1,102 @@
+"""Domain errors of the private API and the one place that turns them into HTTP answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+# SPEC's task status codes.
+MODEL_NOT_FOUND = 550
+TASK_PENDING = 551
+TASK_FAILED = 552
+NO_OUTPUT = 553
+TASK_NOT_FOUND = 554
+
+
+class ApiError(Exception):
+    """An answer other than success: a status code, a message and optional extra fields."""
+
+    status_code = 500
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class ModelNotFound(ApiError):
+    """No model with that human_readable_id (or the task's model was deleted)."""
+
+    status_code = MODEL_NOT_FOUND
+
+
+class ModelExists(ApiError):
+    """The human_readable_id is taken."""
+
+    status_code = 409
+
+
+class TaskNotFound(ApiError):
+    """No such task, or it was deleted."""
+
+    status_code = TASK_NOT_FOUND
+
+
+class TaskPending(ApiError):
+    """The task has no result yet."""
+
+    status_code = TASK_PENDING
+
+
+class TaskFailed(ApiError):
+    """The task failed; extra fields say why."""
+
+    status_code = TASK_FAILED
+
+
+class NoOutput(ApiError):
+    """The task finished but its output zip is missing."""
+
+    status_code = NO_OUTPUT
+
+
+class BadUpload(ApiError):
+    """The uploaded file is not an acceptable zip."""
+
+    status_code = 400
+
+
+class UploadTooLarge(ApiError):
+    """The upload is over the configured maximum size."""
+
+    status_code = 413
+
+
+class InvalidRequest(ApiError):
+    """Query fields that do not make sense together."""
+
+    status_code = 422
+
+
+class Conflict(ApiError):
+    """The task is not in a state that allows this call (consumer calls)."""
+
+    status_code = 409
+
+
+class Unauthorized(ApiError):
+    """Missing or wrong internal token."""
+
+    status_code = 401
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Answer every ApiError as flat JSON: {"detail": ..., **extra}."""
+
+    async def handle(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        return JSONResponse({"detail": exc.detail, **exc.extra}, status_code=exc.status_code)
+
+    app.add_exception_handler(ApiError, handle)

@@ -1,0 +1,58 @@
+"""The private API application: create_app() wires settings, database, storage and the outbox publisher."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from common.http import StripTrailingSlash
+from private_api.config import Settings, get_settings
+from private_api.db import make_engine, make_sessionmaker, migrate
+from private_api.errors import install_handlers
+from private_api.publisher import Publisher
+from private_api.routes import consumer, health, models, tasks
+from private_api.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A private API app; nothing connects until it starts."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(settings.db_url)
+        await run_in_threadpool(migrate, engine)
+        app.state.settings = settings
+        app.state.storage = Storage(settings.data_dir)
+        app.state.storage.clean_temp()
+        app.state.sessions = make_sessionmaker(engine)
+        app.state.publisher = Publisher(
+            url=settings.rabbitmq_url, sessions=app.state.sessions, interval=settings.outbox_interval_seconds
+        )
+        app.state.publisher.start()
+        app.state.publisher.wake()
+        log.info("private API ready (database %s)", engine.url.render_as_string(hide_password=True))
+        try:
+            yield
+        finally:
+            app.state.publisher.stop()
+            engine.dispose()
+
+    app = FastAPI(
+        title="InferenceServer private API",
+        description="Models, tasks, files and the queue. Internal network only; calls need X-Internal-Token.",
+        lifespan=lifespan,
+        redirect_slashes=False,
+    )
+    install_handlers(app)
+    for router in (models.router, tasks.router, consumer.router, health.router):
+        app.include_router(router)
+    app.add_middleware(StripTrailingSlash)
+    return app

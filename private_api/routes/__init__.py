@@ -1,0 +1,1 @@
+"""HTTP routes of the private API, one module per resource."""

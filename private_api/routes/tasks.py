@@ -1,0 +1,162 @@
+"""Task routes as users see them: submit, poll, status, logs, list, cancel."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, PlainTextResponse
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from common.settings import valid_uid
+from private_api import crud
+from private_api.deps import InternalAuth, OwnerDep, PublisherDep, SessionDep, SettingsDep, StorageDep
+from private_api.errors import InvalidRequest, ModelNotFound, NoOutput, TaskFailed, TaskNotFound, TaskPending
+from private_api.orm import Task
+from private_api.routes.uploads import ZIP_FORM, receive_zip
+from private_api.schemas import HID_PATTERN, TaskOut, TaskPage, TaskStatus
+from private_api.storage import Received, Storage, land
+
+router = APIRouter(prefix="/api/tasks", tags=["tasks"], dependencies=[InternalAuth])
+
+LOG_TAIL_BYTES = 4000
+
+
+class ZipFileResponse(FileResponse):
+    """A streamed file answer read in large chunks."""
+
+    chunk_size = 1024 * 1024
+
+
+def _store(session: Session, storage: Storage, uid: str, model_hid: str, owner: str | None, zip_in: Received) -> None:
+    model = crud.get_model(session, hid=model_hid)
+    final = storage.input_path(uid)
+    land(zip_in.path, final)
+    try:
+        crud.create_task(session, uid=uid, model=model, owner=owner, input_size=zip_in.size, input_sha256=zip_in.sha256)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        final.unlink(missing_ok=True)
+        raise
+
+
+@router.post("", response_model=str, openapi_extra=ZIP_FORM)
+async def create_task(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+    publisher: PublisherDep,
+    owner: OwnerDep,
+    human_readable_id: Annotated[str | None, Query(pattern=HID_PATTERN)] = None,
+    model_human_readable_id: Annotated[str | None, Query(pattern=HID_PATTERN)] = None,
+) -> str:
+    """Submit a zip of input for a model; answers the new task's uid once it is stored and queued."""
+    if human_readable_id and model_human_readable_id and human_readable_id != model_human_readable_id:
+        raise InvalidRequest("human_readable_id and model_human_readable_id name different models")
+    hid = human_readable_id or model_human_readable_id
+    if not hid:
+        raise InvalidRequest("give the model as the query parameter human_readable_id (or model_human_readable_id)")
+    await run_in_threadpool(crud.get_model, session, hid=hid)
+    zip_in = await receive_zip(
+        request, storage=storage, max_bytes=settings.max_upload_bytes, limits=settings.zip_limits
+    )
+    if zip_in is None:
+        raise InvalidRequest("send the input zip as the multipart file field zip_file")
+    uid = secrets.token_urlsafe(24)
+    try:
+        await run_in_threadpool(_store, session, storage, uid, hid, owner, zip_in)
+    finally:
+        zip_in.path.unlink(missing_ok=True)
+    publisher.wake()
+    return uid
+
+
+@router.get("", response_model=TaskPage)
+def list_tasks(
+    session: SessionDep,
+    owner: OwnerDep,
+    status: TaskStatus | None = None,
+    model: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> TaskPage:
+    """Tasks, newest first, filtered by status and model."""
+    tasks, total = crud.list_tasks(session, status=status, model=model, owner=owner, limit=limit, offset=offset)
+    return TaskPage(items=[crud.task_out(t) for t in tasks], total=total)
+
+
+def _task(session: Session, uid: str, owner: str | None) -> Task:
+    if not valid_uid(uid):
+        raise TaskNotFound(f"no task {uid!r}")
+    return crud.get_task(session, uid=uid, owner=owner)
+
+
+def _log_tail(storage: Storage, uid: str) -> str:
+    path = storage.log_path(uid)
+    if not path.exists():
+        return ""
+    with open(path, "rb") as log:
+        log.seek(max(path.stat().st_size - LOG_TAIL_BYTES, 0))
+        return log.read().decode(errors="replace")
+
+
+@router.get(
+    "/{uid}",
+    response_class=ZipFileResponse,
+    responses={
+        200: {"content": {"application/zip": {}}, "description": "the output zip"},
+        550: {"description": "the task's model no longer exists"},
+        551: {"description": "pending or running"},
+        552: {"description": "failed: reason, exit_code, log_tail"},
+        553: {"description": "finished, but there is no output zip"},
+        554: {"description": "no such task, or deleted"},
+    },
+)
+def get_task_output(uid: str, session: SessionDep, storage: StorageDep, owner: OwnerDep) -> ZipFileResponse:
+    """Poll a task; when it is finished, the answer is its output zip (streamed)."""
+    task = _task(session, uid, owner)
+    if task.status == "finished":
+        output = storage.output_path(uid)
+        if not output.exists():
+            raise NoOutput("the task finished, but its output zip is missing")
+        return ZipFileResponse(output, media_type="application/zip", filename=f"{uid}.zip")
+    if not crud.model_exists(session, task.model_id):
+        raise ModelNotFound(f"the task's model {task.model_hid!r} no longer exists")
+    if task.status in ("pending", "running"):
+        raise TaskPending(f"task is {task.status}", status=task.status)
+    raise TaskFailed(
+        task.error or "the task failed",
+        reason=task.error,
+        exit_code=task.exit_code,
+        log_tail=_log_tail(storage, uid),
+    )
+
+
+@router.get("/{uid}/status", response_model=TaskOut)
+def get_task_status(uid: str, session: SessionDep, owner: OwnerDep) -> TaskOut:
+    """A task's status, timestamps, queue position, attempt, exit code and error."""
+    task = _task(session, uid, owner)
+    return crud.task_out(task, position=crud.queue_position(session, task))
+
+
+@router.get("/{uid}/logs", response_class=PlainTextResponse)
+def get_task_logs(uid: str, session: SessionDep, storage: StorageDep, owner: OwnerDep) -> PlainTextResponse:
+    """What the model container wrote to stdout and stderr (the last MAX_LOG_BYTES of it)."""
+    _task(session, uid, owner)
+    path = storage.log_path(uid)
+    text = path.read_bytes().decode(errors="replace") if path.exists() else ""
+    return PlainTextResponse(text)
+
+
+@router.delete("/{uid}")
+def delete_task(uid: str, session: SessionDep, storage: StorageDep, owner: OwnerDep) -> dict[str, str]:
+    """Cancel a task (a running container is stopped) and delete its data."""
+    task = _task(session, uid, owner)
+    crud.cancel_task(session, task)
+    session.commit()
+    storage.remove_task_files(uid)
+    return {"detail": "deleted"}

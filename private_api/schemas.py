@@ -1,0 +1,134 @@
+"""Request and response shapes, and the validation of model fields."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+HID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+_TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/:@]{0,511}$")
+_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)([bkmg]?)$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+TaskStatus = Literal["pending", "running", "finished", "failed", "cancelled"]
+FINAL_STATES = ("finished", "failed", "cancelled")
+
+# Run limits a model gets when it does not ask for others.
+DEFAULT_TIMEOUT = 3600
+DEFAULT_MEM_LIMIT = "8g"
+DEFAULT_SHM_SIZE = "1g"
+DEFAULT_CPUS = 4.0
+MAX_TIMEOUT = 7 * 24 * 3600
+
+
+def size_in_bytes(value: str) -> int:
+    """Bytes in a docker size string such as 512m or 4g; ValueError when it is not one."""
+    match = _SIZE_RE.fullmatch(value.strip())
+    if not match:
+        raise ValueError(f"not a size such as 512m or 4g: {value!r}")
+    number = float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    if number < 4 * 1024**2:
+        raise ValueError(f"{value!r} is less than the smallest allowed size, 4m")
+    return int(number)
+
+
+def check_container_tag(value: str) -> str:
+    """A docker image reference, or ValueError."""
+    if not _TAG_RE.fullmatch(value):
+        raise ValueError(f"not a docker image reference: {value!r}")
+    return value
+
+
+class ModelLimits(BaseModel):
+    """The run limits of a model, as query fields."""
+
+    timeout: int = Field(default=DEFAULT_TIMEOUT, ge=1, le=MAX_TIMEOUT)
+    mem_limit: str = DEFAULT_MEM_LIMIT
+    shm_size: str = DEFAULT_SHM_SIZE
+    cpus: float = Field(default=DEFAULT_CPUS, gt=0, le=512)
+    network: bool = False
+
+    @field_validator("mem_limit", "shm_size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        size_in_bytes(value)
+        return value.strip().lower()
+
+
+class ModelOut(BaseModel):
+    """A model as the API shows it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    human_readable_id: str
+    container_tag: str
+    description: str
+    use_gpu: bool
+    model_available: bool
+    zip_sha256: str | None
+    zip_size: int | None
+    timeout: int
+    mem_limit: str
+    shm_size: str
+    cpus: float
+    network: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class TaskOut(BaseModel):
+    """A task's status as the API shows it."""
+
+    uid: str
+    model: str
+    status: TaskStatus
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    queue_position: int | None
+    attempt: int
+    exit_code: int | None
+    error: str | None
+    consumer_id: str | None
+    input_size: int
+    output_size: int | None
+
+
+class TaskPage(BaseModel):
+    """One page of the task list."""
+
+    items: list[TaskOut]
+    total: int
+
+
+class ClaimIn(BaseModel):
+    """A consumer asks to run a task."""
+
+    consumer_id: str = Field(min_length=1, max_length=256)
+
+
+class ClaimOut(BaseModel):
+    """What a consumer needs to run a claimed task."""
+
+    task: TaskOut
+    model: ModelOut
+
+
+class FinishIn(BaseModel):
+    """A consumer reports a task's final state."""
+
+    consumer_id: str = Field(min_length=1, max_length=256)
+    status: Literal["finished", "failed"]
+    reason: str | None = Field(default=None, max_length=10_000)
+    exit_code: int | None = None
+
+
+class ReleaseIn(BaseModel):
+    """A consumer gives a task back (it is shutting down)."""
+
+    consumer_id: str = Field(min_length=1, max_length=256)
+    reason: str = Field(default="consumer shut down", max_length=1000)
