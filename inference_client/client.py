@@ -393,8 +393,10 @@ class InferenceClient:
         poll_initial: float = 1.0,
         poll_max: float = 30.0,
         on_status: Callable[[TaskStatus], None] | None = None,
+        sleep: Callable[[float], None] | None = None,
     ) -> TaskStatus:
         """Poll with backoff until the task is finished, failed or cancelled; returns its final status."""
+        sleep = sleep or self._sleep
         start = time.monotonic()
         delay = poll_initial
         connection_failures = 0
@@ -425,7 +427,7 @@ class InferenceClient:
             pause = min(delay, poll_max) * random.uniform(0.9, 1.1)
             if timeout is not None:
                 pause = max(0.0, min(pause, timeout - elapsed))
-            self._sleep(pause)
+            sleep(pause)
             delay = min(delay * 1.5, poll_max)
 
     def download(
@@ -493,6 +495,17 @@ class InferenceClient:
                         progress(len(chunk))
             except httpx.TransportError as exc:
                 raise ConnectionFailedError(f"download of {path} broke off: {exc}") from exc
+
+    def failure(self, uid: str, status: TaskStatus | None = None) -> TaskFailedError:
+        """The error of a failed task with its reason, exit code and log tail (from the 552 answer)."""
+        try:
+            self._request("GET", f"/api/tasks/{self._uid(uid)}")
+        except TaskFailedError as exc:
+            return exc
+        status = status or self.status(uid)
+        return TaskFailedError(
+            f"task {uid} failed: {status.error}", reason=status.error, model_exit_code=status.exit_code
+        )
 
     def run(
         self,
