@@ -24,6 +24,7 @@ ENV_URL = "INFERENCE_SERVER_URL"
 ENV_API_KEY = "INFERENCE_SERVER_API_KEY"
 ENV_CA_CERT = "INFERENCE_SERVER_CA_CERT"
 ENV_INSECURE = "INFERENCE_SERVER_INSECURE"
+ENV_INTERNAL_TOKEN = "INFERENCE_SERVER_INTERNAL_TOKEN"
 
 _EPILOG = f"""\
 environment: {ENV_URL} (server URL), {ENV_API_KEY},
@@ -48,8 +49,11 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     group = parser.add_argument_group("connection and output")
     group.add_argument("--url", default=default(None), help=f"server URL, e.g. https://host (env {ENV_URL})")
     group.add_argument("--api-key", default=default(None), help=f"API key (env {ENV_API_KEY})")
+    group.add_argument("--ca-cert", default=default(None), help=f"CA certificate (PEM) to trust (env {ENV_CA_CERT})")
     group.add_argument(
-        "--ca-cert", default=default(None), help=f"CA certificate (PEM) to trust (env {ENV_CA_CERT})"
+        "--internal-token",
+        default=default(None),
+        help=f"operators only: talk to the private API with its internal token (env {ENV_INTERNAL_TOKEN})",
     )
     group.add_argument(
         "--insecure",
@@ -57,12 +61,8 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         default=default(False),
         help=f"do not verify the server's TLS certificate (env {ENV_INSECURE}=1)",
     )
-    group.add_argument(
-        "--json", action="store_true", default=default(False), help="print JSON on stdout for scripts"
-    )
-    group.add_argument(
-        "-q", "--quiet", action="store_true", default=default(False), help="no progress bars or spinner"
-    )
+    group.add_argument("--json", action="store_true", default=default(False), help="print JSON on stdout for scripts")
+    group.add_argument("-q", "--quiet", action="store_true", default=default(False), help="no progress bars or spinner")
     group.add_argument(
         "--http-timeout",
         type=float,
@@ -78,6 +78,17 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number > 0."""
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from exc
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
     return value
@@ -126,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     gpu = add.add_mutually_exclusive_group()
     gpu.add_argument("--gpu", dest="use_gpu", action="store_true", default=True, help="needs a GPU (default)")
     gpu.add_argument("--cpu", dest="use_gpu", action="store_false", help="runs on CPU consumers")
-    add.add_argument("--time-limit", type=_positive_float, metavar="SECONDS", help="run time limit")
+    add.add_argument("--time-limit", type=_positive_int, metavar="SECONDS", help="run time limit")
     add.add_argument("--mem-limit", help="memory limit, a docker size such as 8g")
     add.add_argument("--shm-size", help="shared memory, a docker size such as 2g (PyTorch data loaders)")
     add.add_argument("--cpus", type=_positive_float, help="CPU limit, e.g. 4")
@@ -163,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing = task_commands.add_parser("list", parents=[common], help="list tasks")
     listing.add_argument("--status", choices=["pending", "running", "finished", "failed", "cancelled"])
     listing.add_argument("--model")
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=_positive_int, default=50)
     listing.add_argument("--offset", type=int, default=0)
     return parser
 
@@ -301,9 +312,7 @@ class Cli:
             )
         except KeyboardInterrupt:
             spinner.close()
-            self.note(
-                f"stopped waiting; task {uid} keeps running. Resume: inference-server tasks get {uid} --wait"
-            )
+            self.note(f"stopped waiting; task {uid} keeps running. Resume: inference-server tasks get {uid} --wait")
             return EXIT_CODES["interrupted"]
         finally:
             spinner.close()
@@ -392,6 +401,7 @@ def _client_from_args(args: argparse.Namespace, transport: httpx.BaseTransport |
     if not url:
         raise UsageError(f"no server URL: pass --url or set {ENV_URL}")
     api_key = args.api_key or os.environ.get(ENV_API_KEY) or None
+    internal_token = args.internal_token or os.environ.get(ENV_INTERNAL_TOKEN) or None
     ca_cert = args.ca_cert or os.environ.get(ENV_CA_CERT) or None
     insecure = args.insecure or is_true(os.environ.get(ENV_INSECURE))
     if insecure and ca_cert:
@@ -401,7 +411,12 @@ def _client_from_args(args: argparse.Namespace, transport: httpx.BaseTransport |
     verify: bool | str = False if insecure else (ca_cert or True)
     try:
         return InferenceClient(
-            url, api_key=api_key, verify=verify, timeout=httpx.Timeout(args.http_timeout), transport=transport
+            url,
+            api_key=api_key,
+            internal_token=internal_token,
+            verify=verify,
+            timeout=httpx.Timeout(args.http_timeout),
+            transport=transport,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc

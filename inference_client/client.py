@@ -23,8 +23,11 @@ from inference_client.errors import (
     BadRequestError,
     ConnectionFailedError,
     InferenceServerError,
+    ModelNotFoundError,
+    NotOfferedError,
     ServerBusyError,
     TaskFailedError,
+    TaskNotFoundError,
     TaskWaitTimeoutError,
     error_from_response,
 )
@@ -73,6 +76,7 @@ class InferenceClient:
         base_url: str,
         *,
         api_key: str | None = None,
+        internal_token: str | None = None,
         verify: bool | str = True,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         headers: dict[str, str] | None = None,
@@ -84,9 +88,10 @@ class InferenceClient:
             raise ValueError(f"server URL must start with http:// or https://, got {base_url!r}")
         all_headers = {"User-Agent": "inference-server-client/0.1", "Accept": "application/json"}
         if api_key:
-            # The public API accepts the key either way; both carry the same secret.
             all_headers["Authorization"] = f"Bearer {api_key}"
-            all_headers["X-API-Key"] = api_key
+        if internal_token:
+            # Operators on the internal network may talk to the private API directly.
+            all_headers["X-Internal-Token"] = internal_token
         all_headers.update(headers or {})
         if isinstance(verify, str) and not Path(verify).is_file():
             raise ValueError(f"CA certificate file not found: {verify}")
@@ -167,7 +172,7 @@ class InferenceClient:
     def _uid(uid: str) -> str:
         """A task uid checked for shape, so it cannot change the URL path."""
         if not isinstance(uid, str) or not _UID_RE.fullmatch(uid):
-            raise BadRequestError(f"not a task uid: {uid!r} (letters, digits, '-' and '_' only)")
+            raise TaskNotFoundError(f"task not found: {uid!r} is not a task uid (letters, digits, '-', '_')")
         return uid
 
     @staticmethod
@@ -199,7 +204,14 @@ class InferenceClient:
 
     def get_model(self, human_readable_id: str) -> Model:
         """One model; ModelNotFoundError when unknown."""
-        data = self._json(self._request("GET", f"/api/models/{self._hid(human_readable_id)}"))
+        try:
+            data = self._json(self._request("GET", f"/api/models/{self._hid(human_readable_id)}"))
+        except NotOfferedError:
+            # The public API offers only the list; find the model there.
+            for model in self.list_models():
+                if model.human_readable_id == human_readable_id:
+                    return model
+            raise ModelNotFoundError(f"model {human_readable_id!r} not found", status_code=550) from None
         return Model.model_validate(data)
 
     def add_model(
@@ -210,7 +222,7 @@ class InferenceClient:
         model_zip: str | os.PathLike[str] | None = None,
         description: str | None = None,
         use_gpu: bool = True,
-        timeout: float | None = None,
+        timeout: int | None = None,
         mem_limit: str | None = None,
         shm_size: str | None = None,
         cpus: float | None = None,
@@ -288,9 +300,7 @@ class InferenceClient:
         if not model:
             raise BadRequestError("a model's human_readable_id must not be empty")
         body = self.input_body(input)
-        response = self._send_body(
-            "POST", "/api/tasks/", {"human_readable_id": model}, body, progress, on_busy
-        )
+        response = self._send_body("POST", "/api/tasks/", {"human_readable_id": model}, body, progress, on_busy)
         uid = self._json(response)
         if not isinstance(uid, str):
             raise InferenceServerError(f"expected the task uid as a JSON string, got {str(uid)[:200]}")
@@ -314,9 +324,7 @@ class InferenceClient:
             return zip_file_body(path)
         if hasattr(input, "read"):
             return fileobj_body(input, filename=Path(getattr(input, "name", "input.zip")).name)
-        raise TypeError(
-            f"input must be a folder, a zip path, bytes or a binary file, not {type(input).__name__}"
-        )
+        raise TypeError(f"input must be a folder, a zip path, bytes or a binary file, not {type(input).__name__}")
 
     def _send_body(
         self,
@@ -351,9 +359,7 @@ class InferenceClient:
                 )
             except ServerBusyError as exc:
                 wait = exc.retry_after if exc.retry_after is not None else delay
-                if time.monotonic() + wait > deadline or (
-                    body is not None and body.total_source_bytes is None
-                ):
+                if time.monotonic() + wait > deadline or (body is not None and body.total_source_bytes is None):
                     raise
                 logger.info("server busy (%s); retrying in %.0f s", exc.message, wait)
                 if on_busy:
@@ -462,9 +468,7 @@ class InferenceClient:
                     os.unlink(tmp_name)
             return target
         if target.exists() and not target.is_dir():
-            raise BadRequestError(
-                f"{target} exists and is not a folder; give a folder or a path ending in .zip"
-            )
+            raise BadRequestError(f"{target} exists and is not a folder; give a folder or a path ending in .zip")
         target.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="inference-output-") as tmp:
             zip_path = Path(tmp) / "output.zip"

@@ -14,6 +14,7 @@ __all__ = [
     "InferenceServerError",
     "InternalServerError",
     "ModelNotFoundError",
+    "NotOfferedError",
     "ServerBusyError",
     "TaskFailedError",
     "TaskNotFinishedError",
@@ -85,6 +86,10 @@ class BadRequestError(InferenceServerError):
 
 class ValidationError(BadRequestError):
     """422: some fields are invalid; the message lists them."""
+
+
+class NotOfferedError(BadRequestError):
+    """404/405 on a route: this server does not offer the call (e.g. it exists only on the private API)."""
 
 
 class TaskFailedError(InferenceServerError):
@@ -204,9 +209,7 @@ def error_from_response(
 ) -> InferenceServerError:
     """The exception for an error answer: the body is the decoded JSON (or None), text the raw text."""
     detail_raw = body.get("detail") if isinstance(body, dict) else None
-    detail = (
-        _detail_text(detail_raw) if detail_raw is not None else (text.strip()[:500] or f"HTTP {status_code}")
-    )
+    detail = _detail_text(detail_raw) if detail_raw is not None else (text.strip()[:500] or f"HTTP {status_code}")
     headers = headers or {}
     if status_code == 552:
         data = body if isinstance(body, dict) else {}
@@ -231,8 +234,12 @@ def error_from_response(
         return simple[status_code](detail, status_code=status_code, body=body)
     if status_code in (429, 503):
         retry_after = _parse_retry_after(headers.get("retry-after"))
-        return ServerBusyError(
-            f"server busy: {detail}", status_code=status_code, body=body, retry_after=retry_after
+        return ServerBusyError(f"server busy: {detail}", status_code=status_code, body=body, retry_after=retry_after)
+    if status_code == 405 or (status_code == 404 and detail == "Not Found"):
+        return NotOfferedError(
+            f"this server does not offer the call ({detail}); it may exist only on the private API",
+            status_code=status_code,
+            body=body,
         )
     if 400 <= status_code < 500:
         return BadRequestError(detail, status_code=status_code, body=body)

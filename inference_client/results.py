@@ -30,7 +30,7 @@ class Model(_Result):
     model_available: bool = False
     zip_sha256: str | None = None
     zip_size: int | None = None
-    timeout: float | None = None
+    timeout: int | None = None
     mem_limit: str | None = None
     shm_size: str | None = None
     cpus: float | None = None

@@ -176,9 +176,7 @@ def zip_file_body(path: Path, *, field: str = "zip_file") -> Body:
                 yield chunk
         yield tail
 
-    return Body(
-        content_type=content_type, length=len(head) + size + len(tail), total_source_bytes=size, chunks=chunks
-    )
+    return Body(content_type=content_type, length=len(head) + size + len(tail), total_source_bytes=size, chunks=chunks)
 
 
 def bytes_body(data: bytes, *, field: str = "zip_file", filename: str = "input.zip") -> Body:

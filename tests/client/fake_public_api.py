@@ -38,6 +38,8 @@ class FakeServer:
     """
 
     api_key: str | None = None
+    # False: like the public relay, which offers neither /api/models/{hid} nor the task list.
+    private_routes: bool = True
     allow_post_model: bool = True
     busy_answers: int = 0
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -119,14 +121,14 @@ class FakeServer:
                 return self._error(409, f"model {hid!r} exists")
             self.models[hid] = self._model_json(hid, params, zip_bytes)
             return httpx.Response(200, json=self.models[hid])
-        if len(rest) == 1:
+        if len(rest) == 1 and self.private_routes:
             if rest[0] not in self.models:
                 return self._error(550, f"model {rest[0]!r} not found")
             if request.method == "DELETE":
                 del self.models[rest[0]]
                 return httpx.Response(200, json={"detail": "deleted"})
             return httpx.Response(200, json=self.models[rest[0]])
-        return self._error(405, "Method Not Allowed")
+        return self._error(404, "Not Found")
 
     def _status_json(self, task: FakeTask) -> dict[str, Any]:
         return {
@@ -179,9 +181,11 @@ class FakeServer:
             task = self._new_task(self.models[hid], zip_bytes)
             self.tasks[task.uid] = task
             return httpx.Response(200, content=json.dumps(task.uid).encode())
-        if not rest and request.method == "GET":
+        if not rest and request.method == "GET" and self.private_routes:
             items = [self._status_json(t) for t in self.tasks.values()]
             return httpx.Response(200, json={"items": items, "total": len(items)})
+        if not rest:
+            return self._error(405, "Method Not Allowed")
         found = self.tasks.get(rest[0])
         if found is None:
             return self._error(554, "task not found")

@@ -125,7 +125,7 @@ def test_task_error_exit_codes(fake_server: FakeServer, capsys: pytest.CaptureFi
     for action in ("status", "logs", "get", "cancel"):
         assert run(fake_server, capsys, "tasks", action, uid)[0] == 5, action
     assert run(fake_server, capsys, "tasks", "submit", "nope", str(src))[0] == 5
-    assert run(fake_server, capsys, "tasks", "status", "bad/uid")[0] == 7
+    assert run(fake_server, capsys, "tasks", "status", "bad/uid")[0] == 5
 
 
 def test_bad_input_and_output_paths(

@@ -19,6 +19,7 @@ from inference_client import (
     InferenceClient,
     InternalServerError,
     ModelNotFoundError,
+    NotOfferedError,
     ServerBusyError,
     TaskFailedError,
     TaskNotFinishedError,
@@ -163,7 +164,7 @@ def test_every_task_status_maps_to_its_exception(fake_client: InferenceClient, f
     for call in (fake_client.status, fake_client.logs, fake_client.cancel):
         with pytest.raises(TaskNotFoundError):
             call(slow)
-    with pytest.raises(BadRequestError, match="not a task uid"):
+    with pytest.raises(TaskNotFoundError, match="not a task uid"):
         fake_client.status("../models")
 
 
@@ -194,12 +195,29 @@ def test_busy_server_is_retried_after_retry_after(fake_client: InferenceClient, 
     assert busy.value.retry_after == 0.0
 
 
+def test_public_relay_without_item_routes(fake_client: InferenceClient, fake_server: FakeServer) -> None:
+    fake_server.private_routes = False
+    fake_client.add_model(container_tag="echo:2", human_readable_id="echo")
+    assert fake_client.get_model("echo").container_tag == "echo:2"
+    with pytest.raises(ModelNotFoundError):
+        fake_client.get_model("other")
+    with pytest.raises(NotOfferedError, match="private API"):
+        fake_client.delete_model("echo")
+    with pytest.raises(NotOfferedError):
+        fake_client.list_tasks()
+
+
 def test_api_key_is_sent(fake_server: FakeServer) -> None:
     fake_server.api_key = "k-123"
     with pytest.raises(AuthError):
         InferenceClient("https://x.test", transport=fake_server.transport()).list_models()
     client = InferenceClient("https://x.test", api_key="k-123", transport=fake_server.transport())
     assert client.list_models() == []
+    assert "x-internal-token" not in fake_server.requests[-1].headers
+    internal = InferenceClient("https://x.test", internal_token="t" * 20, transport=fake_server.transport())
+    with pytest.raises(AuthError):
+        internal.list_models()
+    assert fake_server.requests[-1].headers["x-internal-token"] == "t" * 20
 
 
 def test_forbidden_and_validation(fake_client: InferenceClient, fake_server: FakeServer) -> None:
