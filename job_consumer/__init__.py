@@ -1,0 +1,1 @@
+"""The job consumer: takes task uids from RabbitMQ and runs each task as a sandboxed sibling container."""

@@ -1,0 +1,444 @@
+"""Everything the consumer does with the docker engine: volumes, input, model content, the run, output, cleanup."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.models.containers import Container
+from docker.utils import parse_repository_tag
+
+from common.zips import UnsafeZipError, ZipLimits, safe_extract
+from job_consumer.errors import DockerUnavailable, ModelFailed, RetryLater
+from job_consumer.sandbox import (
+    CONSUMER_LABEL,
+    MODEL_LABEL,
+    ROLE_LABEL,
+    TASK_LABEL,
+    model_container_kwargs,
+    task_labels,
+)
+from job_consumer.schemas import ModelInfo
+from job_consumer.tar_stream import OutputSummary, folder_as_tar, tar_to_zip
+
+__all__ = ["DockerExecutor", "RunResult", "TaskVolumes"]
+
+log = logging.getLogger(__name__)
+
+MODEL_ID_LABEL = "inference-server.model-id"
+LOCKED_AT_LABEL = "inference-server.locked-at"
+_HELPER_ENTRYPOINT = ["/inference-server-helper-never-started"]
+_WAIT_STEP_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class TaskVolumes:
+    """The two per-task volumes."""
+
+    input: str
+    output: str
+
+
+@dataclass
+class RunResult:
+    """How a model container ended."""
+
+    container_id: str
+    exit_code: int | None
+    oom_killed: bool = False
+    timed_out: bool = False
+    aborted: bool = False
+    duration: float = 0.0
+    log_tail: bytes = b""
+    log_truncated: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _docker_call(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: turn engine and transport failures into DockerUnavailable (retry later) with a message."""
+
+    def wrap(func: Callable[..., Any]) -> Callable[..., Any]:
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return func(*args, **kwargs)
+            except (ModelFailed, RetryLater):
+                raise
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+                raise DockerUnavailable(f"docker failed while trying to {what}: {exc}") from exc
+
+        inner.__name__ = func.__name__
+        inner.__doc__ = func.__doc__
+        return inner
+
+    return wrap
+
+
+class DockerExecutor:
+    """Runs one task at a time for one consumer on one docker engine."""
+
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        *,
+        consumer_id: str,
+        gpu_device: str | None,
+        work_dir: Path,
+        pids_limit: int = 4096,
+        max_log_bytes: int = 1024 * 1024,
+        zip_limits: ZipLimits | None = None,
+        pull_missing_images: bool = True,
+        stop_timeout: int = 5,
+        model_fill_timeout: float = 3600.0,
+    ) -> None:
+        self.client = client
+        self.consumer_id = consumer_id
+        self.gpu_device = gpu_device
+        self.work_dir = work_dir
+        self.pids_limit = pids_limit
+        self.max_log_bytes = max_log_bytes
+        self.zip_limits = zip_limits or ZipLimits()
+        self.pull_missing_images = pull_missing_images
+        self.stop_timeout = stop_timeout
+        self.model_fill_timeout = model_fill_timeout
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+
+    # ---- images -------------------------------------------------------------------------------------------
+
+    @_docker_call("find the model's image")
+    def ensure_image(self, tag: str) -> None:
+        """Make sure the image is on this host, pulling it if allowed; ModelFailed when it cannot be had."""
+        try:
+            self.client.images.get(tag)
+            return
+        except docker.errors.ImageNotFound:
+            pass
+        if not self.pull_missing_images:
+            raise ModelFailed(f"image {tag!r} is not on this host (pulling is turned off)")
+        repository, version = parse_repository_tag(tag)
+        log.info("image %s is missing; pulling it", tag)
+        try:
+            self.client.images.pull(repository, tag=version or "latest")
+        except docker.errors.APIError as exc:
+            raise ModelFailed(
+                f"image {tag!r} is not on this host and could not be pulled: {exc.explanation or exc}"
+            ) from exc
+
+    # ---- per-task volumes and input ----------------------------------------------------------------------
+
+    def _helper(
+        self, image: str, volumes: dict[str, dict[str, str]], labels: dict[str, str], name: str | None = None
+    ) -> Container:
+        """A created, never started container that mounts volumes so archives can be put into them."""
+        return self.client.containers.create(
+            image,
+            entrypoint=_HELPER_ENTRYPOINT,
+            command=[],
+            volumes=volumes,
+            labels=labels,
+            network_disabled=True,
+            name=name,
+        )
+
+    @_docker_call("prepare the task's input")
+    def prepare_task(self, *, task_uid: str, model: ModelInfo, input_zip: Path) -> TaskVolumes:
+        """Create the task's labelled /input and /output volumes and put the safely extracted input into /input."""
+        suffix = secrets.token_hex(4)
+        volumes = TaskVolumes(
+            input=f"inference-task-{task_uid}-input-{suffix}",
+            output=f"inference-task-{task_uid}-output-{suffix}",
+        )
+        for name, role in ((volumes.input, "input"), (volumes.output, "output")):
+            self.client.volumes.create(
+                name=name, labels=task_labels(task_uid=task_uid, consumer_id=self.consumer_id, role=role)
+            )
+        staging = Path(tempfile.mkdtemp(prefix=f"input-{task_uid}-", dir=self.work_dir))
+        try:
+            try:
+                safe_extract(input_zip, staging, self.zip_limits)
+            except UnsafeZipError as exc:
+                raise ModelFailed(f"the input zip was rejected: {exc}") from exc
+            helper = self._helper(
+                model.container_tag,
+                {volumes.input: {"bind": "/input", "mode": "rw"}, volumes.output: {"bind": "/output", "mode": "rw"}},
+                task_labels(task_uid=task_uid, consumer_id=self.consumer_id, role="helper"),
+            )
+            try:
+                # `output/` is made writable by anyone: the model's image may run as a non-root user.
+                stream = folder_as_tar(staging, arc_root="input", extra_dirs={"output": 0o1777})
+                if not helper.put_archive("/", stream):
+                    raise DockerUnavailable("docker refused the task's input archive")
+            finally:
+                helper.remove(force=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return volumes
+
+    # ---- model content -----------------------------------------------------------------------------------
+
+    def _volume_exists(self, name: str) -> bool:
+        """True when a volume of that name exists."""
+        try:
+            self.client.volumes.get(name)
+            return True
+        except docker.errors.NotFound:
+            return False
+
+    @_docker_call("fill the model's content volume")
+    def ensure_model_volume(self, model: ModelInfo, fetch_zip: Callable[[Path], None]) -> str | None:
+        """The name of the read-only /model volume for this model's zip, filled once per host; None without a zip.
+
+        The content volume is complete only when its `.ready` marker volume exists (created last). A lock container
+        (a name only one consumer on the engine can create) keeps two consumers from filling it at once; a fill cut
+        half-way leaves no marker and is redone by the next consumer that takes the lock.
+        """
+        key = model.content_key
+        if key is None:
+            return None
+        content, ready, lock_name = (
+            f"inference-model-{key}",
+            f"inference-model-{key}.ready",
+            f"inference-model-{key}.lock",
+        )
+        deadline = time.monotonic() + self.model_fill_timeout
+        while True:
+            if self._volume_exists(ready) and self._volume_exists(content):
+                return content
+            lock = self._take_lock(model, lock_name, key)
+            if lock is None:
+                if time.monotonic() > deadline:
+                    raise RetryLater(f"gave up waiting for another consumer to fill the content of {key}")
+                time.sleep(1.0)
+                continue
+            try:
+                if self._volume_exists(ready) and self._volume_exists(content):
+                    return content
+                self._fill_model_volume(model, key, content, ready, fetch_zip)
+                self._remove_old_model_versions(model, key)
+                return content
+            finally:
+                lock.remove(force=True)
+
+    def _take_lock(self, model: ModelInfo, lock_name: str, key: str) -> Container | None:
+        """Create the fill lock container, or None while someone else holds it (a stale one is broken)."""
+        labels = {
+            CONSUMER_LABEL: self.consumer_id,
+            ROLE_LABEL: "model-lock",
+            MODEL_LABEL: key,
+            LOCKED_AT_LABEL: str(int(time.time())),
+        }
+        try:
+            return self._helper(model.container_tag, {}, labels, name=lock_name)
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:
+                raise
+        try:
+            holder = self.client.containers.get(lock_name)
+        except docker.errors.NotFound:
+            return None
+        locked_at = int(holder.labels.get(LOCKED_AT_LABEL, "0") or 0)
+        if time.time() - locked_at > self.model_fill_timeout:
+            log.warning("breaking the stale fill lock %s (held by %s)", lock_name, holder.labels.get(CONSUMER_LABEL))
+            holder.remove(force=True)
+        return None
+
+    def _fill_model_volume(
+        self, model: ModelInfo, key: str, content: str, ready: str, fetch_zip: Callable[[Path], None]
+    ) -> None:
+        """(Re)create the content volume, put the model zip's content in, then create the ready marker."""
+        for name in (ready, content):
+            if self._volume_exists(name):
+                log.info("removing the incomplete model volume %s", name)
+                self.client.volumes.get(name).remove(force=True)
+        labels = {MODEL_LABEL: key, MODEL_ID_LABEL: model.human_readable_id}
+        self.client.volumes.create(name=content, labels={**labels, ROLE_LABEL: "model-content"})
+        staging = Path(tempfile.mkdtemp(prefix=f"model-{key}-", dir=self.work_dir))
+        try:
+            zip_path = staging / "model.zip"
+            fetch_zip(zip_path)
+            try:
+                safe_extract(zip_path, staging / "model", self.zip_limits)
+            except UnsafeZipError as exc:
+                raise ModelFailed(f"the model's zip was rejected: {exc}") from exc
+            zip_path.unlink()
+            helper = self._helper(
+                model.container_tag,
+                {content: {"bind": "/model", "mode": "rw"}},
+                {CONSUMER_LABEL: self.consumer_id, ROLE_LABEL: "model-fill", MODEL_LABEL: key},
+            )
+            try:
+                if not helper.put_archive("/", folder_as_tar(staging / "model", arc_root="model")):
+                    raise DockerUnavailable("docker refused the model's content archive")
+            finally:
+                helper.remove(force=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.client.volumes.create(name=ready, labels={**labels, ROLE_LABEL: "model-ready"})
+        log.info("model content %s is ready", key)
+
+    def _remove_old_model_versions(self, model: ModelInfo, key: str) -> None:
+        """Drop this model's content volumes for older zips; one still in use by a running task is left alone."""
+        for volume in self.client.volumes.list(filters={"label": f"{MODEL_ID_LABEL}={model.human_readable_id}"}):
+            labels = volume.attrs.get("Labels") or {}
+            if labels.get(MODEL_LABEL) == key:
+                continue
+            try:
+                volume.remove()
+                log.info("removed %s (an older version of %s)", volume.name, model.human_readable_id)
+            except docker.errors.APIError as exc:
+                log.info("kept %s for now: %s", volume.name, exc.explanation or exc)
+
+    # ---- the run -----------------------------------------------------------------------------------------
+
+    @_docker_call("run the model")
+    def run(
+        self,
+        *,
+        task_uid: str,
+        model: ModelInfo,
+        volumes: TaskVolumes,
+        model_volume: str | None,
+        abort: threading.Event,
+    ) -> RunResult:
+        """Run the model in its sandbox until it exits, times out (killed) or abort is set (stopped)."""
+        try:
+            kwargs = model_container_kwargs(
+                model=model,
+                task_uid=task_uid,
+                consumer_id=self.consumer_id,
+                input_volume=volumes.input,
+                output_volume=volumes.output,
+                model_volume=model_volume,
+                gpu_device=self.gpu_device,
+                pids_limit=self.pids_limit,
+                max_log_bytes=self.max_log_bytes,
+            )
+        except ValueError as exc:
+            raise RetryLater(str(exc)) from exc
+        image = kwargs.pop("image")
+        try:
+            container = self.client.containers.create(image, **kwargs)
+        except docker.errors.ImageNotFound as exc:
+            raise ModelFailed(f"image {model.container_tag!r} is not on this host: {exc.explanation}") from exc
+        started = time.monotonic()
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            # The engine refuses to start what the model's image or limits make impossible (bad entrypoint, ...).
+            if exc.is_client_error() or "executable file not found" in str(exc) or "OCI runtime" in str(exc):
+                raise ModelFailed(f"the model's container could not start: {exc.explanation or exc}") from exc
+            raise
+        result = RunResult(container_id=container.id or "", exit_code=None)
+        deadline = started + model.timeout
+        while True:
+            if abort.is_set():
+                log.info("stopping task %s's container", task_uid)
+                container.stop(timeout=self.stop_timeout)
+                result.aborted = True
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.info("task %s ran past its timeout of %s s; killing it", task_uid, model.timeout)
+                self._kill(container)
+                result.timed_out = True
+                break
+            try:
+                container.wait(timeout=max(0.05, min(_WAIT_STEP_SECONDS, remaining)))
+                break
+            except requests.exceptions.ConnectionError as exc:
+                if "timed out" not in str(exc).lower() and "timeout" not in type(exc).__name__.lower():
+                    raise
+            except requests.exceptions.Timeout:
+                continue
+        status = container.wait(timeout=max(30, self.stop_timeout + 10))
+        result.duration = time.monotonic() - started
+        container.reload()
+        state = container.attrs.get("State") or {}
+        result.exit_code = int(status.get("StatusCode", state.get("ExitCode", -1)))
+        result.oom_killed = bool(state.get("OOMKilled"))
+        result.log_tail, result.log_truncated = self._log_tail(container)
+        return result
+
+    def _kill(self, container: Container) -> None:
+        """Kill a container that may already have exited."""
+        try:
+            container.kill()
+        except docker.errors.APIError as exc:
+            if exc.status_code not in (404, 409):
+                raise
+
+    def _log_tail(self, container: Container) -> tuple[bytes, bool]:
+        """The last `max_log_bytes` of the container's stdout and stderr, streamed, and whether more was cut."""
+        kept: collections.deque[bytes] = collections.deque()
+        size = 0
+        truncated = False
+        for chunk in container.logs(stdout=True, stderr=True, stream=True, follow=False):
+            kept.append(chunk)
+            size += len(chunk)
+            while size - len(kept[0]) >= self.max_log_bytes:
+                size -= len(kept.popleft())
+                truncated = True
+        data = b"".join(kept)
+        if len(data) > self.max_log_bytes:
+            data, truncated = data[-self.max_log_bytes :], True
+        return data, truncated
+
+    @_docker_call("collect the output")
+    def write_output_zip(self, container_id: str, dest: Path) -> OutputSummary:
+        """Stream the stopped container's /output tree into a zip file at dest."""
+        container = self.client.containers.get(container_id)
+        stream, _ = container.get_archive("/output", chunk_size=1024 * 1024)
+        return tar_to_zip(stream, dest, strip="output")
+
+    # ---- cleanup -----------------------------------------------------------------------------------------
+
+    def cleanup_task(self, task_uid: str) -> int:
+        """Remove every container and volume of this task (any path: success, failure, timeout, cancel)."""
+        return self._remove_labelled(f"{TASK_LABEL}={task_uid}")
+
+    def cleanup_leftovers(self) -> int:
+        """Remove what a crashed run of this consumer left: its task containers and volumes, its fill locks."""
+        return self._remove_labelled(f"{CONSUMER_LABEL}={self.consumer_id}")
+
+    def _remove_labelled(self, label: str) -> int:
+        """Force-remove containers, then volumes, carrying label; count them; keep going past single failures."""
+        removed = 0
+        try:
+            containers = self.client.containers.list(all=True, filters={"label": label})
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise DockerUnavailable(f"docker failed while listing containers to clean up: {exc}") from exc
+        for container in containers:
+            try:
+                container.remove(force=True, v=True)
+                removed += 1
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                log.warning("could not remove container %s: %s", container.short_id, exc)
+        try:
+            volumes = self.client.volumes.list(filters={"label": label})
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise DockerUnavailable(f"docker failed while listing volumes to clean up: {exc}") from exc
+        for volume in volumes:
+            labels = volume.attrs.get("Labels") or {}
+            if MODEL_LABEL in labels:
+                continue  # model content is kept for later tasks
+            try:
+                volume.remove(force=True)
+                removed += 1
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                log.warning("could not remove volume %s: %s", volume.name, exc)
+        return removed

@@ -1,0 +1,2 @@
+# The benchmark's trivial model: copies /input to /output.
+cp -r /input/. /output/
