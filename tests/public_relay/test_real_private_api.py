@@ -48,13 +48,10 @@ def private_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def relay(private_api: str) -> Iterator[tuple[httpx.Client, httpx.Client]]:
     """Two public APIs in front of it: one open with model posting on, one with API keys."""
-    open_settings = Settings(internal_token=TOKEN, private_api_url=private_api, allow_public_post_model="1")
-    keyed_settings = Settings(
-        internal_token=TOKEN,
-        private_api_url=private_api,
-        allow_public_post_model="1",
-        api_keys=f"{USER_KEY},{OTHER_KEY}",
-        admin_api_keys=ADMIN_KEY,
+    common = {"internal_token": TOKEN, "private_api_url": private_api, "allow_public_post_model": "1"}
+    open_settings = Settings.model_validate(common)
+    keyed_settings = Settings.model_validate(
+        {**common, "api_keys": f"{USER_KEY},{OTHER_KEY}", "admin_api_keys": ADMIN_KEY}
     )
     servers = [ThreadServer(create_app(open_settings)).start(), ThreadServer(create_app(keyed_settings)).start()]
     clients = [httpx.Client(base_url=s.url, timeout=30, follow_redirects=False) for s in servers]
