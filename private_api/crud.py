@@ -9,7 +9,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from private_api.errors import Conflict, ModelExists, ModelNotFound, TaskNotFound
+from private_api.errors import Conflict, ModelExists, ModelNotFound, TaskNotFound, UnknownTask
 from private_api.orm import Model, Task, utcnow
 from private_api.schemas import FINAL_STATES, ModelLimits, TaskOut
 
@@ -216,7 +216,7 @@ def claim_task(
     """Hand a task to a consumer with the next attempt number, or Conflict saying why it must not run now."""
     task = session.scalar(select(Task).where(Task.uid == uid))
     if task is None:
-        raise TaskNotFound(f"no task {uid!r}")
+        raise UnknownTask(f"no task {uid!r}")
     if task.deleted and task.status not in FINAL_STATES:
         task.status = "cancelled"
     if task.status in FINAL_STATES:
@@ -260,7 +260,7 @@ def claim_task(
 def _held(session: Session, *, uid: str, consumer_id: str) -> Task:
     task = session.scalar(select(Task).where(Task.uid == uid))
     if task is None:
-        raise TaskNotFound(f"no task {uid!r}")
+        raise UnknownTask(f"no task {uid!r}")
     if task.status != "running" or task.consumer_id != consumer_id:
         raise Conflict(f"task is {task.status} and not held by {consumer_id!r}", status=task.status)
     return task
@@ -270,7 +270,7 @@ def heartbeat(session: Session, *, uid: str, consumer_id: str) -> str:
     """Renew a consumer's lease on a running task; the answer is the task's status (cancelled: stop it)."""
     task = session.scalar(select(Task).where(Task.uid == uid))
     if task is None:
-        raise TaskNotFound(f"no task {uid!r}")
+        raise UnknownTask(f"no task {uid!r}")
     if task.status == "cancelled" or task.deleted:
         return "cancelled"
     task = _held(session, uid=uid, consumer_id=consumer_id)

@@ -44,6 +44,12 @@ class TaskNotFound(ApiError):
     status_code = TASK_NOT_FOUND
 
 
+class UnknownTask(ApiError):
+    """A consumer asked about a task that does not exist (consumer calls answer 404, not SPEC's 554)."""
+
+    status_code = 404
+
+
 class TaskPending(ApiError):
     """The task has no result yet."""
 

@@ -7,12 +7,14 @@ from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from common.settings import valid_uid
 from private_api import crud
 from private_api.deps import InternalAuth, SessionDep, SettingsDep, StorageDep
-from private_api.errors import BadUpload, Conflict, ModelNotFound, TaskNotFound
+from private_api.errors import BadUpload, Conflict, ModelNotFound, TaskNotFound, UnknownTask
+from private_api.orm import Task
 from private_api.routes.tasks import ZipFileResponse
 from private_api.schemas import ClaimIn, ClaimOut, FinishIn, ModelOut, ReleaseIn
 from private_api.storage import land, receive_body
@@ -24,8 +26,15 @@ MAX_OUTPUT_BYTES = 1024**4
 
 def _uid(uid: str) -> str:
     if not valid_uid(uid):
-        raise TaskNotFound(f"no task {uid!r}")
+        raise UnknownTask(f"no task {uid!r}")
     return uid
+
+
+def _task(session: Session, uid: str) -> Task:
+    try:
+        return crud.get_task(session, uid=_uid(uid))
+    except TaskNotFound as exc:
+        raise UnknownTask(exc.detail) from exc
 
 
 @router.post("/tasks/{uid}/claim", response_model=ClaimOut)
@@ -52,10 +61,10 @@ def heartbeat(uid: str, body: ClaimIn, session: SessionDep) -> dict[str, str]:
 @router.get("/tasks/{uid}/input", response_class=ZipFileResponse)
 def get_input(uid: str, session: SessionDep, storage: StorageDep) -> FileResponse:
     """The task's input zip."""
-    task = crud.get_task(session, uid=_uid(uid))
+    task = _task(session, uid)
     path = storage.input_path(task.uid)
     if not path.exists():
-        raise TaskNotFound(f"the input of task {uid!r} is gone")
+        raise UnknownTask(f"the input of task {uid!r} is gone")
     return ZipFileResponse(path, media_type="application/zip", filename=f"{uid}-input.zip")
 
 
@@ -71,8 +80,8 @@ def get_model_zip(hid: str, session: SessionDep, storage: StorageDep) -> FileRes
     return response
 
 
-def _require_running(session: SessionDep, uid: str) -> None:
-    task = crud.get_task(session, uid=uid)
+def _require_running(session: Session, uid: str) -> None:
+    task = _task(session, uid)
     if task.status != "running":
         raise Conflict(f"task is {task.status}", status=task.status)
 
@@ -104,7 +113,7 @@ async def put_logs(
     uid: str, request: Request, session: SessionDep, storage: StorageDep, settings: SettingsDep
 ) -> dict[str, int]:
     """Store the container's log; only its last MAX_LOG_BYTES are kept."""
-    await run_in_threadpool(crud.get_task, session, uid=_uid(uid))
+    await run_in_threadpool(_task, session, uid)
     limit = settings.max_log_bytes
     tail = bytearray()
     async for chunk in request.stream():
