@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import uvicorn
@@ -19,6 +20,8 @@ def main() -> None:
     except ValidationError as exc:
         sys.exit(f"public API: bad configuration in the environment:\n{exc}")
     configure_logging(settings.log_level)
+    # httpx logs every relayed request at INFO; uvicorn's access log already says what was asked.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
