@@ -47,7 +47,7 @@ def test_duplicate_id_is_409(api: TestClient) -> None:
 
 
 def test_bad_fields_are_422_with_reason(api: TestClient, settings: Settings) -> None:
-    cases = [
+    cases: list[tuple[dict[str, object], str]] = [
         ({"model_available": True}, "zip_file"),
         ({"mem_limit": "lots"}, "mem_limit"),
         ({"shm_size": "1x"}, "shm_size"),
@@ -57,7 +57,7 @@ def test_bad_fields_are_422_with_reason(api: TestClient, settings: Settings) -> 
         ({"container_tag": "-bad tag"}, "docker image"),
     ]
     for extra, word in cases:
-        params = {"container_tag": "busybox", "human_readable_id": "ok", **extra}
+        params: dict[str, object] = {"container_tag": "busybox", "human_readable_id": "ok", **extra}
         response = api.post("/api/models/", params=params)
         assert response.status_code == 422, (extra, response.text)
         assert word in response.text, (extra, response.text)
