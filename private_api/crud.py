@@ -232,7 +232,8 @@ def claim_task(
         if not stale and task.consumer_id != consumer_id:
             raise Conflict("task is running on another consumer", status="running")
     if task.attempt >= max_attempts:
-        _fail(session, task, f"gave up after {task.attempt} attempts (the consumer stopped mid-run)")
+        last = task.error or "the consumer stopped mid-run"
+        _fail(session, task, f"gave up after {task.attempt} attempts; last problem: {last}")
         session.commit()
         raise Conflict("task failed: no attempts left", status="failed")
     claimed = session.execute(
@@ -301,10 +302,9 @@ def finish_task(
 
 
 def release_task(session: Session, *, uid: str, consumer_id: str, reason: str) -> Task:
-    """Give a running task back to the queue (its consumer shuts down); the attempt it used does not count."""
+    """Give a running task back to the queue; the attempt counts, so a task that keeps failing ends."""
     task = _held(session, uid=uid, consumer_id=consumer_id)
     task.status = "pending"
-    task.attempt = max(task.attempt - 1, 0)
     task.consumer_id = None
     task.heartbeat_at = None
     task.started_at = None

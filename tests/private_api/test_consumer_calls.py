@@ -136,16 +136,21 @@ def test_output_refused_unless_running_and_a_zip(api: TestClient, settings: Sett
     assert list((settings.data_dir / "tmp").iterdir()) == []
 
 
-def test_release_puts_task_back_without_using_an_attempt(api: TestClient) -> None:
+def test_release_puts_task_back_and_the_attempt_counts(api: TestClient) -> None:
     add_model(api, "m")
     uid = submit(api, "m")
     _claim(api, uid, "c1")
     released = api.post(f"/internal/tasks/{uid}/release", json={"consumer_id": "c1", "reason": "shutting down"})
     assert released.status_code == 200
     status = api.get(f"/api/tasks/{uid}/status").json()
-    assert status["status"] == "pending" and status["attempt"] == 0
+    assert status["status"] == "pending" and status["attempt"] == 1 and status["error"] == "shutting down"
     code, body = _claim(api, uid, "c2")
-    assert code == 200 and body["task"]["attempt"] == 1
+    assert code == 200 and body["task"]["attempt"] == 2
+    api.post(f"/internal/tasks/{uid}/release", json={"consumer_id": "c2", "reason": "docker engine away"})
+    code, body = _claim(api, uid, "c3")
+    assert code == 409 and body["status"] == "failed"
+    reason = api.get(f"/api/tasks/{uid}").json()["reason"]
+    assert reason == "gave up after 2 attempts; last problem: docker engine away"
 
 
 def test_claim_of_unknown_task_is_404_and_deleted_model_fails_task(api: TestClient) -> None:
