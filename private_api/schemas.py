@@ -21,7 +21,7 @@ DEFAULT_TIMEOUT = 3600
 DEFAULT_MEM_LIMIT = "8g"
 DEFAULT_SHM_SIZE = "1g"
 DEFAULT_CPUS = 4.0
-MAX_TIMEOUT = 7 * 24 * 3600
+MAX_TIMEOUT = 24 * 3600  # RabbitMQ's consumer_timeout (compose: 48 h) must stay above this plus transfer time
 
 
 def size_in_bytes(value: str) -> int:
