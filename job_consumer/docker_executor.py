@@ -112,6 +112,7 @@ class DockerExecutor:
         self.pull_missing_images = pull_missing_images
         self.stop_timeout = stop_timeout
         self.model_fill_timeout = model_fill_timeout
+        self._cpus: int | None = None
         self.work_dir.mkdir(parents=True, exist_ok=True)
 
     # ---- images -------------------------------------------------------------------------------------------
@@ -327,10 +328,19 @@ class DockerExecutor:
         except ValueError as exc:
             raise RetryLater(str(exc)) from exc
         image = kwargs.pop("image")
+        host_cpus = self._host_cpus()
+        if "nano_cpus" in kwargs and host_cpus and kwargs["nano_cpus"] > host_cpus * 1_000_000_000:
+            log.info("model %s asks for %s CPUs; this host has %d", model.human_readable_id, model.cpus, host_cpus)
+            kwargs["nano_cpus"] = host_cpus * 1_000_000_000
         try:
             container = self.client.containers.create(image, **kwargs)
         except docker.errors.ImageNotFound as exc:
             raise ModelFailed(f"image {model.container_tag!r} is not on this host: {exc.explanation}") from exc
+        except docker.errors.APIError as exc:
+            if exc.status_code == 400:
+                # The engine refuses the model's settings (e.g. a limit this host cannot give): retrying cannot help.
+                raise ModelFailed(f"docker refused the model's container: {exc.explanation or exc}") from exc
+            raise
         started = time.monotonic()
         try:
             container.start()
@@ -369,6 +379,12 @@ class DockerExecutor:
         result.oom_killed = bool(state.get("OOMKilled"))
         result.log_tail, result.log_truncated = self._log_tail(container)
         return result
+
+    def _host_cpus(self) -> int:
+        """The number of CPUs of the docker host (0 when unknown), read once."""
+        if self._cpus is None:
+            self._cpus = int(self.client.info().get("NCPU") or 0)
+        return self._cpus
 
     def _kill(self, container: Container) -> None:
         """Kill a container that may already have exited."""
