@@ -8,8 +8,12 @@ BIN := $(VENV)/bin
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-install: $(BIN)/python
+# Reinstalls only when pyproject.toml changed since the last install (or the venv is new).
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
 
 lint: install
 	$(BIN)/ruff check .
@@ -17,8 +21,11 @@ lint: install
 	$(BIN)/mypy .
 
 # Starts its own RabbitMQ and PostgreSQL containers unless RABBITMQ_URL / DATABASE_URL are given.
+# pytest's exit code 5 (no tests collected) fails too: a test run that ran nothing proves nothing.
 test: install
-	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+	@rc=0; $(BIN)/python -m pytest -ra $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests, which is a failure" >&2; fi; \
+	exit $$rc
 
 bench: install
 	$(BIN)/python -m bench

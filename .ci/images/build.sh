@@ -98,7 +98,9 @@ build_base() {
     local tmp_tag="$tag-import-$$"
     tar --numeric-owner --one-file-system -C "$rootfs" -c . |
         docker import -c 'ENV LANG=C.UTF-8' -c 'CMD ["bash"]' - "$tmp_tag" >/dev/null
-    printf 'FROM %s\nLABEL %s=%s\n' "$tmp_tag" "$INPUTS_LABEL" "$inputs" | docker build -q -t "$tag" - >/dev/null
+    printf 'FROM %s\nLABEL %s=%s\n' "$tmp_tag" "$INPUTS_LABEL" "$inputs" | docker build -q -t "$tag" - >"$rootfs.log" 2>&1 \
+        || { cat "$rootfs.log" >&2; die "labelling $tag failed"; }
+    rm -f "$rootfs.log"
     docker rmi "$tmp_tag" >/dev/null
     log "built $tag"
 }
