@@ -181,7 +181,7 @@ def _consumer_process(
 def test_kill_9_mid_task_then_the_task_completes_once(
     private_api: PrivateApi, model_images, amqp_url, consumer_docker: docker.DockerClient, tmp_path, consumer_id
 ):
-    """kill -9 of the consumer mid-task: when it runs again it cleans up, reruns the task (attempt 2), leaves nothing."""
+    """kill -9 mid-task: when the consumer runs again it cleans up, reruns the task (attempt 2), leaves nothing."""
     model = private_api.add_model(model_images["slow"])
     uid = private_api.submit(model["human_readable_id"], zip_bytes({"a": b"b"}))
     first = _consumer_process(private_api, amqp_url, consumer_id, tmp_path)
