@@ -6,6 +6,7 @@ import logging
 import os
 import random
 import re
+import ssl
 import tempfile
 import time
 import zipfile
@@ -77,7 +78,7 @@ class InferenceClient:
         *,
         api_key: str | None = None,
         internal_token: str | None = None,
-        verify: bool | str = True,
+        verify: bool | str | ssl.SSLContext = True,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         headers: dict[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
@@ -93,8 +94,13 @@ class InferenceClient:
             # Operators on the internal network may talk to the private API directly.
             all_headers["X-Internal-Token"] = internal_token
         all_headers.update(headers or {})
-        if isinstance(verify, str) and not Path(verify).is_file():
-            raise ValueError(f"CA certificate file not found: {verify}")
+        if isinstance(verify, str):
+            if not Path(verify).is_file():
+                raise ValueError(f"CA certificate file not found: {verify}")
+            try:
+                verify = ssl.create_default_context(cafile=verify)
+            except ssl.SSLError as exc:
+                raise ValueError(f"{verify} is not a PEM CA certificate: {exc}") from exc
         self.base_url = base_url.rstrip("/")
         self.busy_retry_seconds = busy_retry_seconds
         self._sleep = sleep
