@@ -15,7 +15,7 @@ from docker.types import DeviceRequest
 from pydantic import ValidationError
 
 from job_consumer.broker import queues_for
-from job_consumer.config import ConsumerSettings
+from job_consumer.config import load_settings
 from job_consumer.docker_executor import RunResult
 from job_consumer.errors import LeaseLost, PrivateApiError
 from job_consumer.private_api import ClaimOutcome, PrivateApiClient
@@ -89,17 +89,17 @@ def test_settings_defaults_and_bad_values(monkeypatch):
     monkeypatch.setenv("INTERNAL_TOKEN", TOKEN)
     monkeypatch.setenv("RABBITMQ_URL", "amqp://u:p@mq:5672/%2F")
     monkeypatch.setenv("GPU_DEVICE", "")
-    assert ConsumerSettings().gpu_device is None
-    assert ConsumerSettings().consumer_id.endswith("-cpu")
+    assert load_settings().gpu_device is None
+    assert load_settings().consumer_id.endswith("-cpu")
     monkeypatch.setenv("GPU_DEVICE", "2")
-    assert ConsumerSettings().consumer_id.endswith("-gpu2")
+    assert load_settings().consumer_id.endswith("-gpu2")
     monkeypatch.setenv("RABBITMQ_URL", "http://mq")
     with pytest.raises(ValidationError, match="amqp"):
-        ConsumerSettings()
+        load_settings()
     monkeypatch.setenv("RABBITMQ_URL", "amqp://mq")
     monkeypatch.setenv("INTERNAL_TOKEN", "change-me")
     with pytest.raises(ValidationError, match="INTERNAL_TOKEN"):
-        ConsumerSettings()
+        load_settings()
 
 
 def test_failure_reasons_users_understand():
