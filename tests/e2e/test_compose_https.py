@@ -97,6 +97,19 @@ def https(stack: Stack) -> Iterator[httpx.Client]:
         yield client
 
 
+def _wait_routed(client: httpx.Client, seconds: float = 60) -> None:
+    """Wait until Traefik's docker provider has picked up the public API (it may be healthy before that)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if client.get("/healthz").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"Traefik did not route /healthz to the public API within {seconds}s")
+
+
 def _poll(client: httpx.Client, uid: str, seconds: float = 180) -> httpx.Response:
     """Poll a task until it is no longer pending/running (551), checking it never answers 554 meanwhile."""
     deadline = time.monotonic() + seconds
@@ -121,6 +134,7 @@ def test_whole_stack_over_https(stack: Stack, https: httpx.Client, model_image: 
 def _run_scenario(stack: Stack, https: httpx.Client, model_image: str) -> None:
     """Everything the issue lists, in the order a user meets it."""
     plain = httpx.get(f"http://localhost:{stack.env_file.read_text().split('HTTP_PORT=')[1].splitlines()[0]}/healthz")
+    _wait_routed(https)
     assert plain.status_code in (301, 308) and plain.headers["location"].startswith("https://")
     assert https.get("/healthz").json()["private_api"] == "ok"
     assert https.get("/docs").status_code == 200
@@ -130,7 +144,13 @@ def _run_scenario(stack: Stack, https: httpx.Client, model_image: str) -> None:
     model_zip = _zip({"weights.txt": b"weights v1"})
     res = https.post(
         "/api/models",
-        params={"container_tag": model_image, "human_readable_id": hid, "model_available": "true", "use_gpu": "false"},
+        params={
+            "container_tag": model_image,
+            "human_readable_id": hid,
+            "model_available": "true",
+            "use_gpu": "false",
+            "cpus": "1",
+        },
         files={"zip_file": ("model.zip", model_zip, "application/zip")},
     )
     assert res.status_code == 200, res.text
@@ -178,6 +198,7 @@ def _run_scenario(stack: Stack, https: httpx.Client, model_image: str) -> None:
 
     stack.compose("down", "--timeout", "30")
     stack.up()
+    _wait_routed(https)
     assert [m["human_readable_id"] for m in https.get("/api/models/").json()] == [hid]
     again = https.get(f"/api/tasks/{uids[0]}")
     assert again.status_code == 200
