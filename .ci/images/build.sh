@@ -79,6 +79,7 @@ build_base() {
         return
     fi
     command -v debootstrap >/dev/null || die "debootstrap is not installed (apt-get install debootstrap)"
+    [[ "$(id -u)" == 0 ]] || die "debootstrap needs root: run this as root to build $tag"
     log "building $tag with debootstrap --variant=minbase $DEBIAN_SUITE from $DEBIAN_MIRROR"
     rootfs="$(mktemp -d /var/tmp/inference-server-ci-rootfs.XXXXXX)"
     # debootstrap mounts /proc and /sys inside the tree; unmount them even when it fails half-way.
