@@ -107,4 +107,6 @@ def test_every_call_needs_the_internal_token(api: TestClient) -> None:
     ]:
         assert api.request(method, path, headers={"X-Internal-Token": "wrong"}).status_code == 401
     assert api.get("/healthz", headers={"X-Internal-Token": ""}).status_code == 200
-    assert api.get("/openapi.json").status_code == 200
+    spec = api.get("/openapi.json", headers={"X-Internal-Token": ""})
+    assert spec.status_code == 200 and "/api/tasks" in spec.json()["paths"]
+    assert api.get("/docs", headers={"X-Internal-Token": ""}).status_code == 200
