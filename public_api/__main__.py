@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 
@@ -13,6 +14,13 @@ from public_api.config import get_settings
 from public_api.main import create_app
 
 
+def fast_server_options() -> tuple[str, str]:
+    """uvicorn's uvloop event loop and httptools parser when installed (the `public-api` extra), else its defaults."""
+    loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "auto"
+    http = "httptools" if importlib.util.find_spec("httptools") is not None else "auto"
+    return loop, http
+
+
 def main() -> None:
     """Read the settings, then serve until stopped."""
     try:
@@ -22,8 +30,11 @@ def main() -> None:
     configure_logging(settings.log_level)
     # httpx logs every relayed request at INFO; uvicorn's access log already says what was asked.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    loop, http = fast_server_options()
     uvicorn.run(
         create_app(settings),
+        loop=loop,
+        http=http,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),

@@ -16,13 +16,13 @@ from public_api.private_client import relay
 __all__ = ["CallerDep", "ClientDep", "Relay", "RelayDep", "SettingsDep"]
 
 
-def _settings(request: Request) -> Settings:
-    """The settings the app was created with."""
+async def _settings(request: Request) -> Settings:
+    """The settings the app was created with (async: a sync dependency would cost a thread hop per request)."""
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _client(request: Request) -> httpx.AsyncClient:
+async def _client(request: Request) -> httpx.AsyncClient:
     """The pooled client made in the lifespan."""
     client: httpx.AsyncClient = request.app.state.client
     return client
@@ -32,7 +32,7 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 ClientDep = Annotated[httpx.AsyncClient, Depends(_client)]
 
 
-def _caller(request: Request, settings: SettingsDep) -> Caller:
+async def _caller(request: Request, settings: SettingsDep) -> Caller:
     """Who is calling (401 when keys are on and the key is missing or wrong)."""
     return authenticate(request, settings)
 
@@ -62,7 +62,7 @@ class Relay:
         )
 
 
-def _relay(request: Request, client: ClientDep, settings: SettingsDep, caller: CallerDep) -> Relay:
+async def _relay(request: Request, client: ClientDep, settings: SettingsDep, caller: CallerDep) -> Relay:
     """The relay for this request (authenticated first)."""
     return Relay(request=request, client=client, settings=settings, caller=caller)
 
