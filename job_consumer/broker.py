@@ -105,6 +105,16 @@ class Broker:
             self.close()
             raise BrokerError(f"lost the RabbitMQ connection: {exc!r}") from exc
 
+    def wake(self) -> None:
+        """From any thread: make a running `pump` return now (a no-op without a connection)."""
+        connection = self._connection
+        if connection is None:
+            return
+        try:
+            connection.add_callback_threadsafe(lambda: None)
+        except (pika.exceptions.AMQPError, OSError, RuntimeError) as exc:
+            log.debug("cannot wake the consumer's AMQP loop: %r", exc)
+
     def next_delivery(self, seconds: float) -> Delivery | None:
         """The next delivery, waiting up to `seconds` for one."""
         if not self._pending:

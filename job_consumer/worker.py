@@ -9,7 +9,7 @@ import signal
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
@@ -19,6 +19,7 @@ from job_consumer.docker_executor import DockerExecutor, RunResult
 from job_consumer.errors import LeaseLost, ModelFailed, PrivateApiError, RetryLater
 from job_consumer.private_api import ClaimOutcome, PrivateApiClient
 from job_consumer.schemas import Claim, ModelInfo
+from job_consumer.timing import StepTimes, step, timing_task
 
 __all__ = ["Settle", "Worker", "failure_reason"]
 
@@ -46,6 +47,8 @@ class _TaskState:
     abort: threading.Event
     lost: threading.Event
     shutdown: threading.Event
+    # Set once `settle` is final: the main thread settles the message while the task thread goes on cleaning up.
+    settled: threading.Event = field(default_factory=threading.Event)
     settle: Settle = Settle.REQUEUE
 
 
@@ -75,6 +78,7 @@ class Worker:
         shutdown_grace_seconds: float = 60.0,
         requeue_delay_seconds: float = 2.0,
         reconnect_seconds: float = 5.0,
+        cleanup_wait_seconds: float = 120.0,
     ) -> None:
         self.broker = broker
         self.api = api
@@ -84,9 +88,12 @@ class Worker:
         self.shutdown_grace_seconds = shutdown_grace_seconds
         self.requeue_delay_seconds = requeue_delay_seconds
         self.reconnect_seconds = reconnect_seconds
+        self.cleanup_wait_seconds = cleanup_wait_seconds
         self.processed = 0
         self._stop_requested_at: float | None = None
         self._current: _TaskState | None = None
+        # Task threads still cleaning up after their message was settled, by task uid.
+        self._cleaning: dict[str, threading.Thread] = {}
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
 
@@ -115,17 +122,21 @@ class Worker:
         removed = self.executor.cleanup_leftovers()
         if removed:
             log.info("removed %d containers and volumes left behind by an earlier run", removed)
+        waiting_since: float | None = None
         try:
             while not self.stopping:
                 try:
                     if not self.broker.connected:
                         self.broker.connect()
+                    if waiting_since is None:
+                        waiting_since = time.monotonic()
                     delivery = self.broker.next_delivery(0.5)
                     if delivery is None:
                         if burst and self.broker.queues_empty():
                             break
                         continue
-                    self._handle(delivery)
+                    waited, waiting_since = time.monotonic() - waiting_since, None
+                    self._handle(delivery, waited)
                 except BrokerError as exc:
                     if burst and self.processed == 0 and not self.broker.connected:
                         raise
@@ -134,7 +145,20 @@ class Worker:
         finally:
             self.broker.stop_consuming()
             self.broker.close()
+            self._wait_for_cleanups()
         return self.processed
+
+    def _wait_for_cleanups(self, uid: str | None = None) -> None:
+        """Wait for the cleanups that run after a message was settled: all of them, or the one of task uid."""
+        for task_uid, thread in list(self._cleaning.items()):
+            if uid is not None and task_uid != uid:
+                if not thread.is_alive():
+                    del self._cleaning[task_uid]
+                continue
+            thread.join(self.cleanup_wait_seconds)
+            if thread.is_alive():
+                log.error("cleanup of task %s still runs; the next start removes what it leaves", task_uid)
+            del self._cleaning[task_uid]
 
     def _sleep(self, seconds: float) -> None:
         """Wait without starving the AMQP connection (heartbeats) when there is one."""
@@ -150,7 +174,7 @@ class Worker:
 
     # ---- one message -------------------------------------------------------------------------------------
 
-    def _handle(self, delivery: Delivery) -> None:
+    def _handle(self, delivery: Delivery, waited: float = 0.0) -> None:
         """Claim the message's task and run it, then settle the message."""
         self.processed += 1
         try:
@@ -159,8 +183,17 @@ class Worker:
             log.error("dropping a message that is not a task: %s", exc)
             self.broker.ack(delivery)
             return
+        times = StepTimes(uid)
+        times.add("message wait", waited)
+        with timing_task(times):
+            self._claim_and_run(delivery, uid, times)
+        log.debug("task %s timings: %s", uid, times.summary())
+
+    def _claim_and_run(self, delivery: Delivery, uid: str, times: StepTimes) -> None:
+        """Claim the task, run it in a thread and settle the message."""
         try:
-            result = self.api.claim(uid)
+            with step("claim"):
+                result = self.api.claim(uid)
         except PrivateApiError as exc:
             log.warning("cannot claim %s (%s); requeueing it", uid, exc)
             self._sleep(self.requeue_delay_seconds)
@@ -176,24 +209,29 @@ class Worker:
             self.broker.requeue(delivery)
             return
         assert result.claim is not None
-        settle = self._run_in_thread(result.claim)
+        # The same task again (a redelivery after a release): its earlier cleanup must not hit the new run.
+        self._wait_for_cleanups(uid)
+        settle = self._run_in_thread(result.claim, times)
         if settle is Settle.ACK:
-            self.broker.ack(delivery)
+            with step("ack"):
+                self.broker.ack(delivery)
         else:
             self._sleep(0 if self.stopping else self.requeue_delay_seconds)
             self.broker.requeue(delivery)
 
-    def _run_in_thread(self, claim: Claim) -> Settle:
+    def _run_in_thread(self, claim: Claim, times: StepTimes) -> Settle:
         """Run the task in a thread while this thread keeps the AMQP connection alive and watches for SIGTERM."""
         state = _TaskState(
             uid=claim.task.uid, abort=threading.Event(), lost=threading.Event(), shutdown=threading.Event()
         )
         self._current = state
-        thread = threading.Thread(target=self._execute, args=(claim, state), name=f"task-{state.uid}", daemon=True)
+        thread = threading.Thread(
+            target=self._execute, args=(claim, state, times), name=f"task-{state.uid}", daemon=True
+        )
         thread.start()
         try:
-            while thread.is_alive():
-                self._keep_connection_alive()
+            while not state.settled.is_set() and thread.is_alive():
+                self._keep_connection_alive(state.settled)
                 if self.stopping:
                     if self.broker.consuming:
                         self.broker.stop_consuming()
@@ -203,17 +241,19 @@ class Worker:
                             log.warning("grace period over: stopping task %s and requeueing it", state.uid)
                         state.shutdown.set()
                         state.abort.set()
-                thread.join(0.2)
         finally:
             self._current = None
+        if thread.is_alive():
+            self._cleaning[state.uid] = thread
         return state.settle
 
-    def _keep_connection_alive(self) -> None:
-        """Pump pika once; a lost connection does not stop the running task (the message is redelivered)."""
+    def _keep_connection_alive(self, settled: threading.Event) -> None:
+        """Pump pika for a while (the task thread wakes it once settled); a lost connection does not stop the task."""
         if not self.broker.connected:
+            settled.wait(0.5)
             return
         try:
-            self.broker.pump(0.3)
+            self.broker.pump(0.5)
         except BrokerError as exc:
             log.warning("%s while task runs; its result is still stored, RabbitMQ will redeliver the message", exc)
 
@@ -239,8 +279,13 @@ class Worker:
         if state.shutdown.is_set():
             raise _ShutdownAbort()
 
-    def _execute(self, claim: Claim, state: _TaskState) -> None:
+    def _execute(self, claim: Claim, state: _TaskState, times: StepTimes) -> None:
         """Run one claimed task from input to stored final state; sets state.settle."""
+        with timing_task(times):
+            self._execute_timed(claim, state)
+
+    def _execute_timed(self, claim: Claim, state: _TaskState) -> None:
+        """_execute's body, inside the task's timings."""
         uid, model = claim.task.uid, claim.model
         log.info("running task %s (model %s, attempt %d)", uid, model.human_readable_id, claim.task.attempt)
         done = threading.Event()
@@ -265,24 +310,39 @@ class Worker:
         finally:
             done.set()
             beats.join(5)
+            if state.settle is Settle.ACK:
+                # The final state is stored: the message can be acked (and the next one taken) while this cleans up.
+                # A requeued task is cleaned up first, so that a rerun never meets this run's containers.
+                self._settled(state)
             try:
-                self.executor.cleanup_task(uid)
+                with step("cleanup"):
+                    self.executor.cleanup_task(uid)
             except RetryLater as exc:
                 log.error("cleanup of task %s failed: %s (it is retried at the next start)", uid, exc)
             shutil.rmtree(scratch, ignore_errors=True)
+            self._settled(state)
+
+    def _settled(self, state: _TaskState) -> None:
+        """Tell the main thread that state.settle is final (waking it from pika's I/O wait)."""
+        if not state.settled.is_set():
+            state.settled.set()
+            self.broker.wake()
 
     def _steps(self, claim: Claim, state: _TaskState, scratch: Path) -> Settle:
         """The steps of a task; raises the deliberate exceptions for the other outcomes."""
         uid, model = claim.task.uid, claim.model
-        self.executor.ensure_image(model.container_tag)
+        with step("image check"):
+            self.executor.ensure_image(model.container_tag)
         input_zip = scratch / "input.zip"
-        self.api.download_input(uid, input_zip)
+        with step("input download"):
+            self.api.download_input(uid, input_zip)
         self._check(state)
         sha = model.zip_sha256 or ""
-        model_volume = self.executor.ensure_model_volume(
-            model,
-            lambda dest: self.api.download_model_zip(model.human_readable_id, dest, expected_sha256=sha),
-        )
+        with step("model volume"):
+            model_volume = self.executor.ensure_model_volume(
+                model,
+                lambda dest: self.api.download_model_zip(model.human_readable_id, dest, expected_sha256=sha),
+            )
         self._check(state)
         volumes = self.executor.prepare_task(task_uid=uid, model=model, input_zip=input_zip)
         input_zip.unlink()
@@ -296,15 +356,18 @@ class Worker:
         log_text = result.log_tail
         if result.log_truncated:
             log_text = b"[... earlier output cut ...]\n" + log_text
-        self.api.upload_logs(uid, log_text)
+        with step("upload logs"):
+            self.api.upload_logs(uid, log_text)
         reason = failure_reason(model, result)
         if reason is not None:
             log.info("task %s failed: %s", uid, reason.splitlines()[0])
             return self._finish(uid, status="failed", reason=reason, exit_code=result.exit_code)
         output = scratch / "output.zip"
-        summary = self.executor.write_output_zip(result.container_id, output)
+        with step("output zip"):
+            summary = self.executor.write_output_zip(result.container_id, output)
         self._check(state)
-        self.api.upload_output(uid, output)
+        with step("upload output"):
+            self.api.upload_output(uid, output)
         log.info("task %s finished: %d files, %d bytes in %.1f s", uid, summary.files, summary.bytes, result.duration)
         return self._finish(uid, status="finished", reason=None, exit_code=0)
 
@@ -313,7 +376,8 @@ class Worker:
         for delay in (0.0, 1.0, 2.0, 4.0, 8.0):
             time.sleep(delay)
             try:
-                self.api.finish(uid, status=status, reason=reason, exit_code=exit_code)
+                with step("finish"):
+                    self.api.finish(uid, status=status, reason=reason, exit_code=exit_code)
                 return Settle.ACK
             except PrivateApiError as exc:
                 log.warning("storing the final state of %s failed: %s", uid, exc)
