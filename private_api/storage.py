@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from anyio import to_thread
@@ -79,8 +82,17 @@ def land(temp: Path, final: Path) -> None:
     os.replace(temp, final)
 
 
+@lru_cache(maxsize=1)
+def _writers() -> ThreadPoolExecutor:
+    """The threads that hash and write upload chunks (made on first use)."""
+    return ThreadPoolExecutor(max_workers=16, thread_name_prefix="upload-writer")
+
+
 class _SinkFile:
-    """A temp file written in large chunks from a thread, hashing and counting as it goes."""
+    """A temp file written in large chunks from a thread, hashing and counting as it goes.
+
+    One chunk is written while the next is received (at most one write in flight, so memory stays bounded).
+    """
 
     def __init__(self, path: Path, max_bytes: int) -> None:
         self.path = path
@@ -89,6 +101,7 @@ class _SinkFile:
         self.hash = hashlib.sha256()
         self.buffer = bytearray()
         self.file = open(path, "wb")  # noqa: SIM115 - closed in finish()/abort()
+        self._writing: Future[None] | None = None
 
     def add(self, data: bytes | bytearray | memoryview) -> None:
         self.size += len(data)
@@ -100,10 +113,20 @@ class _SinkFile:
         self.hash.update(data)
         self.file.write(data)
 
+    async def _wait_writing(self) -> None:
+        """Wait for the write in flight (its error, if any, is raised here)."""
+        writing = self._writing
+        if writing is not None:
+            await asyncio.shield(asyncio.wrap_future(writing))
+            self._writing = None
+
     async def flush(self, force: bool = False) -> None:
         if self.buffer and (force or len(self.buffer) >= _FLUSH_BYTES):
             data, self.buffer = bytes(self.buffer), bytearray()
-            await to_thread.run_sync(self._write, data)
+            await self._wait_writing()
+            self._writing = _writers().submit(self._write, data)
+        if force:
+            await self._wait_writing()
 
     async def finish(self) -> Received:
         await self.flush(force=True)
@@ -117,6 +140,14 @@ class _SinkFile:
         return Received(self.path, self.size, self.hash.hexdigest())
 
     def abort(self) -> None:
+        writing, self._writing = self._writing, None
+        if writing is not None and not writing.done():
+            # The thread still writes: drop the file once it is done (no write may land in a closed file).
+            writing.add_done_callback(lambda _done: self._discard())
+        else:
+            self._discard()
+
+    def _discard(self) -> None:
         self.file.close()
         self.path.unlink(missing_ok=True)
 
