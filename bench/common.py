@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -26,10 +27,12 @@ __all__ = [
     "ROOT",
     "RssSampler",
     "ServerProcess",
+    "cpu_seconds",
     "disk_free",
     "free_port",
     "make_big_zip",
     "median",
+    "pin_threads",
     "print_table",
     "rss_bytes",
     "write_results",
@@ -58,6 +61,27 @@ def rss_bytes(pid: int) -> int:
     except FileNotFoundError as exc:
         raise ProcessLookupError(f"process {pid} is gone") from exc
     raise ProcessLookupError(f"process {pid} has no VmRSS (a zombie?)")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, in seconds; ProcessLookupError when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except FileNotFoundError as exc:
+        raise ProcessLookupError(f"process {pid} is gone") from exc
+    # Fields 14 and 15 of proc(5) (utime, stime); the split starts at field 3 (state).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pin_threads(pid: int, cpus: Iterable[int] | None) -> None:
+    """Pin every thread of a running process to cpus (None: all CPUs this process may use); new threads inherit it."""
+    target = set(cpus) if cpus is not None else os.sched_getaffinity(0)
+    if not target:
+        raise ValueError("pin to at least one CPU")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):  # the thread ended meanwhile
+            os.sched_setaffinity(int(task.name), target)
 
 
 class RssSampler:
@@ -140,6 +164,10 @@ class ServerProcess:
     def pid(self) -> int:
         """The server's process id."""
         return self.process.pid
+
+    def pin(self, cpus: Iterable[int] | None) -> None:
+        """Pin all the server's threads to cpus (None: undo the pinning)."""
+        pin_threads(self.pid, cpus)
 
     def log_tail(self, size: int = 3000) -> str:
         """The end of the server's output (to explain a failure)."""

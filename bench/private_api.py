@@ -1,6 +1,6 @@
 """Benchmark of the private API (issue 2): 1 GiB zip upload and download, and polling a pending task.
 
-Run: `python -m bench private_api [--size-mib 1024] [--runs 3] [--tasks 100000] [--poll-seconds 5]`.
+Run: `python -m bench private_api [--size-mib 1024] [--runs 3] [--tasks 100000] [--poll-runs 5] [--poll-seconds 4]`.
 
 Each figure is compared with a baseline measured in the same run, on the same disk and the same CPUs:
 - upload (`POST /api/tasks/`, multipart): against copying the same file plus fsync (the API fsyncs what it stores);
@@ -8,13 +8,15 @@ Each figure is compared with a baseline measured in the same run, on the same di
 - the API process's peak VmRSS growth during each transfer (sampled every 5 ms from /proc);
 - polls per second of one pending task (answer 551) with 100,000 tasks in the database: against a bare FastAPI app
   served by uvicorn the same way (one worker, same log level) whose one route gives the same answer.
-With two or more CPUs the servers share CPU 0 and the client (or load generator) runs on the others, so that the
-client never eats the server's CPU. Prints a markdown table and writes bench/results/private_api.json.
+Transfers run unpinned (the API may use every CPU, as in production; the Python client competes with it). While
+polling, with two or more CPUs, both servers are pinned to the first CPU and the load generator to the others, so
+that the load generator never eats a server's CPU. Prints a markdown table and writes bench/results/private_api.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -27,8 +29,6 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +40,7 @@ from bench.common import (
     MIB,
     RssSampler,
     ServerProcess,
+    cpu_seconds,
     disk_free,
     free_port,
     make_big_zip,
@@ -93,7 +94,8 @@ class Options:
     size_mib: int = 1024
     runs: int = 3
     tasks: int = 100_000
-    poll_seconds: int = 5
+    poll_runs: int = 5
+    poll_seconds: int = 4
     connections: int = 8
     load: str = "auto"
     pin: bool = True
@@ -107,7 +109,8 @@ def parse_options(argv: list[str] | None) -> Options:
     parser.add_argument("--size-mib", type=int, default=1024, help="content of the transferred zip (default 1024)")
     parser.add_argument("--runs", type=int, default=3, help="repetitions of each measurement; the median is reported")
     parser.add_argument("--tasks", type=int, default=100_000, help="pending tasks put into the database for polling")
-    parser.add_argument("--poll-seconds", type=int, default=5, help="length of each polling measurement")
+    parser.add_argument("--poll-runs", type=int, default=5, help="alternating polling measurements of each server")
+    parser.add_argument("--poll-seconds", type=int, default=4, help="length of each polling measurement")
     parser.add_argument("--connections", type=int, default=8, help="keep-alive connections of the load generator")
     parser.add_argument(
         "--load", choices=("auto", "wrk", "python"), default="auto", help="load generator (auto: wrk when installed)"
@@ -124,6 +127,8 @@ def parse_options(argv: list[str] | None) -> Options:
         parser.error("--runs must be at least 1")
     if ns.tasks < 1:
         parser.error("--tasks must be at least 1 (one pending task is polled)")
+    if ns.poll_runs < 1:
+        parser.error("--poll-runs must be at least 1")
     if ns.poll_seconds < 1:
         parser.error("--poll-seconds must be at least 1")
     if ns.connections < 1:
@@ -169,7 +174,7 @@ def copy_file(src: Path, dst: Path, *, fsync: bool) -> float:
 class PrivateApi:
     """The real private API as a subprocess, and the calls the benchmark makes to it."""
 
-    def __init__(self, workdir: Path, *, max_bytes: int, cpus: frozenset[int] | None) -> None:
+    def __init__(self, workdir: Path, *, max_bytes: int) -> None:
         self.token = "bench-" + secrets.token_hex(16)
         self.data_dir = workdir / "data"
         port = free_port()
@@ -186,7 +191,7 @@ class PrivateApi:
             "MAX_ZIP_TOTAL_BYTES": str(max_bytes),
         }
         self.server = ServerProcess(
-            [sys.executable, "-m", "private_api"], port=port, env=env, log_path=workdir / "private_api.log", cpus=cpus
+            [sys.executable, "-m", "private_api"], port=port, env=env, log_path=workdir / "private_api.log"
         )
         self.client = httpx.Client(base_url=self.server.url, headers={"X-Internal-Token": self.token}, timeout=600)
 
@@ -381,11 +386,17 @@ class LoadResult:
     bad: int
     errors: int
     seconds: float
+    server_cpu_s: float = 0.0
 
     @property
     def rate(self) -> float:
         """Answers per second."""
         return self.requests / self.seconds
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        """The server's CPU time per answer, in microseconds (less sensitive to a noisy machine than the rate)."""
+        return self.server_cpu_s / self.requests * 1e6
 
 
 def _wrk(
@@ -479,10 +490,12 @@ class LoadGenerator:
 
     def run(self, server: ServerProcess, path: str, headers: dict[str, str], seconds: int) -> LoadResult:
         """Load server for seconds; RuntimeError when any answer is not 551 or a connection failed."""
+        cpu_before = cpu_seconds(server.pid)
         if self.kind == "wrk":
             result = _wrk(server.url + path, headers, self.connections, seconds, self.script, self.cpus)
         else:
             result = _python_load(server.port, path, headers, self.connections, seconds, self.cpus)
+        result = dataclasses.replace(result, server_cpu_s=cpu_seconds(server.pid) - cpu_before)
         if result.requests == 0 or result.bad or result.errors:
             raise RuntimeError(
                 f"polling {server.url}{path}: {result.requests} answers, {result.bad} not 551, {result.errors} errors"
@@ -491,55 +504,71 @@ class LoadGenerator:
         return result
 
 
+@dataclass(frozen=True)
+class PollRun:
+    """One polling repetition: rates and server CPU per answer of the API and the bare app."""
+
+    api_per_s: float
+    bare_per_s: float
+    api_cpu_us: float
+    bare_cpu_us: float
+
+
 def measure_polling(
-    api: PrivateApi, bare: ServerProcess, uid: str, load: LoadGenerator, options: Options
-) -> list[tuple[float, float]]:
-    """Polls per second of the API and of the bare app, alternating, runs times: [(api, bare), ...]."""
+    api: PrivateApi,
+    bare: ServerProcess,
+    uid: str,
+    load: LoadGenerator,
+    options: Options,
+    server_cpus: frozenset[int] | None,
+) -> list[PollRun]:
+    """Polls per second of the API and of the bare app, alternating, poll_runs times."""
     path = f"/api/tasks/{uid}"
     api_headers = {"X-Internal-Token": api.token}
     for server, headers in ((api.server, api_headers), (bare, {})):
         res = httpx.get(server.url + path, headers=headers, timeout=10)
         if res.status_code != 551 or res.json() != PENDING_BODY:
             raise RuntimeError(f"{server.url}{path} answered {res.status_code} {res.text[:200]}, not 551 pending")
-        load.run(server, path, headers, 1)  # warm-up
     results = []
-    for run in range(options.runs):
-        order = [("api", api.server, api_headers), ("bare", bare, {})]
-        if run % 2:
-            order.reverse()
-        rates = {name: load.run(server, path, headers, options.poll_seconds).rate for name, server, headers in order}
-        print(
-            f"  poll run {run + 1}/{options.runs}: "
-            f"private API {rates['api']:.0f}/s, bare FastAPI {rates['bare']:.0f}/s",
-            file=sys.stderr,
-            flush=True,
-        )
-        results.append((rates["api"], rates["bare"]))
+    # Both servers get the same one CPU and the load generator the others, so that neither eats the other's CPU.
+    api.server.pin(server_cpus)
+    bare.pin(server_cpus)
+    try:
+        for server, headers in ((api.server, api_headers), (bare, {})):
+            load.run(server, path, headers, 1)  # warm-up
+        for run in range(options.poll_runs):
+            order = [("api", api.server, api_headers), ("bare", bare, {})]
+            if run % 2:
+                order.reverse()
+            got = {name: load.run(server, path, headers, options.poll_seconds) for name, server, headers in order}
+            result = PollRun(
+                api_per_s=got["api"].rate,
+                bare_per_s=got["bare"].rate,
+                api_cpu_us=got["api"].cpu_us_per_request,
+                bare_cpu_us=got["bare"].cpu_us_per_request,
+            )
+            print(
+                f"  poll run {run + 1}/{options.poll_runs}: private API {result.api_per_s:.0f}/s "
+                f"({result.api_cpu_us:.0f} us CPU each), bare FastAPI {result.bare_per_s:.0f}/s "
+                f"({result.bare_cpu_us:.0f} us CPU each)",
+                file=sys.stderr,
+                flush=True,
+            )
+            results.append(result)
+    finally:
+        api.server.pin(None)
+        bare.pin(None)
     return results
 
 
-@contextmanager
-def client_cpus(cpus: frozenset[int] | None) -> Iterator[None]:
-    """Run the block with this process pinned to cpus (the client side of the transfers)."""
-    if not cpus:
-        yield
-        return
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, cpus)
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
-
-
 def summarize(
-    options: Options, size: int, transfers: list[TransferRun], polls: list[tuple[float, float]], extra: dict[str, Any]
+    options: Options, size: int, transfers: list[TransferRun], polls: list[PollRun], extra: dict[str, Any]
 ) -> dict[str, Any]:
     """Medians, ratios against the same run's baselines, and whether each goal is met."""
     mib = size / MIB
     upload_ratio = median(t.copy_fsync_s / t.upload_s for t in transfers)
     download_ratio = median(t.copy_s / t.download_s for t in transfers)
-    poll_ratio = median(api / bare for api, bare in polls)
+    poll_ratio = median(p.api_per_s / p.bare_per_s for p in polls)
     upload_rss = max(t.upload_rss_growth for t in transfers) / MIB
     download_rss = max(t.download_rss_growth for t in transfers) / MIB
     return {
@@ -576,13 +605,16 @@ def summarize(
             "met": max(upload_rss, download_rss) < GOAL_RSS_GROWTH_MIB,
         },
         "poll": {
-            "api_per_s": median(api for api, _ in polls),
-            "bare_per_s": median(bare for _, bare in polls),
+            "api_per_s": median(p.api_per_s for p in polls),
+            "bare_per_s": median(p.bare_per_s for p in polls),
             "ratio": poll_ratio,
+            "api_cpu_us_per_request": median(p.api_cpu_us for p in polls),
+            "bare_cpu_us_per_request": median(p.bare_cpu_us for p in polls),
+            "cpu_ratio": median(p.bare_cpu_us / p.api_cpu_us for p in polls),
             "goal_ratio": GOAL_POLL_RATIO,
             "met": poll_ratio >= GOAL_POLL_RATIO,
         },
-        "runs": {"transfers": [asdict(t) for t in transfers], "polls": [list(p) for p in polls]},
+        "runs": {"transfers": [asdict(t) for t in transfers], "polls": [asdict(p) for p in polls]},
     }
 
 
@@ -635,7 +667,11 @@ def report(results: dict[str, Any]) -> None:
             ),
         ],
     )
-    print(f"\n(output upload PUT /internal/tasks/{{uid}}/output: {results['output_put']['api_mib_s']:.0f} MiB/s)")
+    print(
+        f"\nAlso: output upload (PUT /internal/tasks/{{uid}}/output) {results['output_put']['api_mib_s']:.0f} MiB/s; "
+        f"server CPU per poll {poll['api_cpu_us_per_request']:.0f} us (private API) vs "
+        f"{poll['bare_cpu_us_per_request']:.0f} us (bare FastAPI): CPU ratio {poll['cpu_ratio']:.2f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -655,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"preparing in {workdir} (servers on CPUs {cpus.servers}, client on {cpus.client})", file=sys.stderr)
         src = workdir / "input.zip"
         size = make_big_zip(src, size_content)
-        api = PrivateApi(workdir, max_bytes=size * 2, cpus=cpus.servers).start()
+        api = PrivateApi(workdir, max_bytes=size * 2).start()
         bare_port = free_port()
         bare = ServerProcess(
             [
@@ -674,14 +710,12 @@ def main(argv: list[str] | None = None) -> int:
             port=bare_port,
             env={},
             log_path=workdir / "bare.log",
-            cpus=cpus.servers,
         ).wait_healthy(30)
         uids, insert_s = api.insert_pending_tasks(options.tasks)
         print(f"inserted {options.tasks:,} pending tasks in {insert_s:.1f}s", file=sys.stderr, flush=True)
-        with client_cpus(cpus.client):
-            transfers = measure_transfers(api, src, workdir, options.runs)
+        transfers = measure_transfers(api, src, workdir, options.runs)
         load = LoadGenerator(options.load, workdir, options.connections, cpus.client)
-        polls = measure_polling(api, bare, uids[len(uids) // 2], load, options)
+        polls = measure_polling(api, bare, uids[len(uids) // 2], load, options, cpus.servers)
         results = summarize(
             options,
             size,
