@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -578,6 +579,7 @@ def summarize(
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
+            "uvicorn_extras": [name for name in ("uvloop", "httptools") if importlib.util.find_spec(name)],
         },
         "options": {**asdict(options), "workdir": str(options.workdir)},
         **extra,
@@ -586,6 +588,7 @@ def summarize(
             "api_mib_s": median(mib / t.upload_s for t in transfers),
             "copy_fsync_mib_s": median(mib / t.copy_fsync_s for t in transfers),
             "ratio": upload_ratio,
+            "ratio_vs_copy_without_fsync": median(t.copy_s / t.upload_s for t in transfers),
             "goal_ratio": GOAL_TRANSFER_RATIO,
             "met": upload_ratio >= GOAL_TRANSFER_RATIO,
             "peak_rss_growth_mib": upload_rss,
