@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import logging
 import sys
 
 import uvicorn
@@ -28,8 +27,6 @@ def main() -> None:
     except ValidationError as exc:
         sys.exit(f"public API: bad configuration in the environment:\n{exc}")
     configure_logging(settings.log_level)
-    # httpx logs every relayed request at INFO; uvicorn's access log already says what was asked.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     loop, http = fast_server_options()
     uvicorn.run(
         create_app(settings),

@@ -1,12 +1,12 @@
-"""All the public API says to the private API goes through here: one pooled client, streamed both ways."""
+"""All the public API says to the private API goes through here: one pooled lean client, streamed both ways."""
 
 from __future__ import annotations
 
 import json
 import logging
 from collections.abc import AsyncIterator
+from urllib.parse import quote
 
-import httpx
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
@@ -14,6 +14,16 @@ from starlette.requests import ClientDisconnect
 
 from public_api.config import Settings
 from public_api.errors import RelayError
+from public_api.upstream import (
+    BrokenOff,
+    ConnectFailed,
+    ConnectTimedOut,
+    PoolTimedOut,
+    ReadTimedOut,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+)
 
 __all__ = ["create_client", "probe", "relay"]
 
@@ -40,43 +50,47 @@ _DROP_RESPONSE = frozenset(
 # An error body up to this size is read and checked to be flat; larger ones (never expected) stream unchanged.
 _MAX_ERROR_BODY = 256 * 1024
 _RETRY_AFTER = "10"
+# Characters a query string may carry as they are (RFC 3986 query, plus "%" so existing escapes stay as sent).
+_QUERY_SAFE = "!$&'()*+,;=:@/?%-._~"
 
 
-def create_client(settings: Settings) -> httpx.AsyncClient:
+def create_client(settings: Settings) -> UpstreamPool:
     """The pooled client used for every relayed call; closed in the app's lifespan."""
-    timeout = httpx.Timeout(
-        connect=settings.private_api_connect_timeout,
-        read=settings.private_api_timeout,
-        write=settings.private_api_timeout,
-        pool=settings.private_api_pool_timeout,
-    )
-    limits = httpx.Limits(
-        max_connections=settings.private_api_max_connections,
-        max_keepalive_connections=min(50, settings.private_api_max_connections),
-    )
-    return httpx.AsyncClient(
-        base_url=settings.private_api_url,
-        timeout=timeout,
-        limits=limits,
+    return UpstreamPool(
+        settings.private_api_url,
         headers={"X-Internal-Token": settings.internal_token},
-        follow_redirects=False,
-        trust_env=False,
+        connect_timeout=settings.private_api_connect_timeout,
+        read_timeout=settings.private_api_timeout,
+        pool_timeout=settings.private_api_pool_timeout,
+        max_connections=settings.private_api_max_connections,
+        max_idle=min(50, settings.private_api_max_connections),
     )
 
 
-def _request_headers(request: Request, owner: str | None) -> dict[str, str]:
+def _request_headers(request: Request, owner: str | None) -> list[tuple[str, str]]:
     """The headers sent on to the private API: a safe subset of the client's, plus the owner."""
-    headers = {name: request.headers[name] for name in _FORWARD_REQUEST if name in request.headers}
+    headers = [(name, request.headers[name]) for name in _FORWARD_REQUEST if name in request.headers]
     if request.client is not None:
-        headers["X-Forwarded-For"] = request.client.host
+        headers.append(("x-forwarded-for", request.client.host))
     if owner is not None:
-        headers["X-Owner"] = owner
+        headers.append(("x-owner", owner))
     return headers
 
 
-def _response_headers(upstream: httpx.Response) -> dict[str, str]:
+def _target(path: str, query: bytes) -> str:
+    """The request target: our own path plus the caller's query, anything unsafe in it percent-encoded."""
+    if not query:
+        return path
+    return f"{path}?{quote(query, safe=_QUERY_SAFE)}"
+
+
+def _response_headers(upstream: UpstreamResponse) -> dict[str, str]:
     """The private API's response headers without hop-by-hop ones."""
-    return {name: value for name, value in upstream.headers.items() if name.lower() not in _DROP_RESPONSE}
+    return {
+        name.decode("latin-1"): value.decode("latin-1")
+        for name, value in upstream.raw_headers
+        if name.decode("latin-1") not in _DROP_RESPONSE
+    }
 
 
 def _flatten(body: object) -> object:
@@ -89,10 +103,10 @@ def _flatten(body: object) -> object:
     return body
 
 
-async def _error_response(upstream: httpx.Response) -> Response:
+async def _error_response(upstream: UpstreamResponse) -> Response:
     """A small JSON error from the private API, passed on with its status and a flat body."""
     try:
-        raw = await upstream.aread()
+        raw = await upstream.aread(_MAX_ERROR_BODY)
     finally:
         await upstream.aclose()
     headers = _response_headers(upstream)
@@ -105,46 +119,47 @@ async def _error_response(upstream: httpx.Response) -> Response:
     return JSONResponse(_flatten(body), status_code=upstream.status_code, headers=headers)
 
 
-async def _stream(upstream: httpx.Response) -> AsyncIterator[bytes]:
-    """The private API's body chunk by chunk, closing the upstream response however the download ends."""
+async def _stream(upstream: UpstreamResponse) -> AsyncIterator[bytes]:
+    """The private API's body as it arrives (coalesced up to 1 MiB), closing the upstream however the download ends."""
     try:
-        async for chunk in upstream.aiter_raw():
+        async for chunk in upstream.aiter_body():
             yield chunk
-    except httpx.HTTPError as exc:
+    except UpstreamError as exc:
         # Headers are already sent: the client sees a short body (Content-Length tells it so); log why.
-        log.warning("private API broke off a download of %s: %s", upstream.request.url.path, exc)
+        log.warning("private API broke off a download of %s: %s", upstream.path, exc)
     finally:
         await upstream.aclose()
 
 
-def _translate(exc: httpx.HTTPError, settings: Settings) -> RelayError:
+def _translate(exc: UpstreamError, settings: Settings) -> RelayError:
     """A transport failure towards the private API as the answer the caller gets."""
-    if isinstance(exc, httpx.PoolTimeout):
+    if isinstance(exc, PoolTimedOut):
         return RelayError(
             503,
             "the public API is at its limit of open requests to the private API; try again shortly",
             {"Retry-After": _RETRY_AFTER},
         )
-    if isinstance(exc, httpx.ConnectTimeout):
+    if isinstance(exc, ConnectTimedOut):
         return RelayError(
             504,
             f"the private API did not accept a connection within {settings.private_api_connect_timeout:g}s",
         )
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, ConnectFailed):
         return RelayError(
             503,
             "the private API is not reachable (starting or down); try again shortly",
             {"Retry-After": _RETRY_AFTER},
         )
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, ReadTimedOut):
         return RelayError(504, f"the private API did not answer within {settings.private_api_timeout:g}s")
+    assert isinstance(exc, BrokenOff)
     return RelayError(502, "the private API broke off the request; try again")
 
 
 async def relay(
     request: Request,
     *,
-    client: httpx.AsyncClient,
+    client: UpstreamPool,
     settings: Settings,
     method: str,
     path: str,
@@ -152,16 +167,14 @@ async def relay(
     with_body: bool = False,
 ) -> Response:
     """Send one public call on to the private API and stream its answer back, status code unchanged."""
-    upstream_request = client.build_request(
-        method,
-        path,
-        params=httpx.QueryParams(request.url.query),
-        headers=_request_headers(request, owner),
-        content=request.stream() if with_body else None,
-    )
     try:
-        upstream = await client.send(upstream_request, stream=True)
-    except httpx.HTTPError as exc:
+        upstream = await client.request(
+            method,
+            _target(path, request.scope.get("query_string", b"")),
+            headers=_request_headers(request, owner),
+            body=request.stream() if with_body else None,
+        )
+    except UpstreamError as exc:
         log.warning("%s %s: private API failed: %s: %s", method, path, type(exc).__name__, exc)
         raise _translate(exc, settings) from exc
     except ClientDisconnect as exc:
@@ -171,8 +184,8 @@ async def relay(
         await upstream.aclose()
         log.error("the private API refused the internal token: INTERNAL_TOKEN differs between the services")
         raise RelayError(502, "the public API is misconfigured (the private API refused it)")
-    length = int(upstream.headers.get("content-length") or _MAX_ERROR_BODY + 1)
-    is_json = upstream.headers.get("content-type", "").startswith("application/json")
+    length = int(upstream.header("content-length") or _MAX_ERROR_BODY + 1)
+    is_json = upstream.header("content-type").startswith("application/json")
     if upstream.status_code >= 400 and is_json and length <= _MAX_ERROR_BODY:
         return await _error_response(upstream)
     return StreamingResponse(
@@ -183,10 +196,11 @@ async def relay(
     )
 
 
-async def probe(client: httpx.AsyncClient) -> str:
+async def probe(client: UpstreamPool) -> str:
     """'ok' when the private API answers its health check, else a short reason."""
     try:
-        response = await client.get("/healthz", timeout=3.0)
-    except httpx.HTTPError as exc:
+        response = await client.request("GET", "/healthz", read_timeout=3.0)
+        await response.aread(_MAX_ERROR_BODY)
+    except UpstreamError as exc:
         return f"unreachable: {type(exc).__name__}"
     return "ok" if response.status_code == 200 else f"unhealthy: HTTP {response.status_code}"
