@@ -220,13 +220,7 @@ class _Connection(asyncio.Protocol):
     @property
     def reusable(self) -> bool:
         """True when the last exchange ended cleanly and both sides keep the connection open."""
-        return (
-            self._complete
-            and not self.abandoned
-            and self._error is None
-            and not self.closed
-            and self._keep_alive
-        )
+        return self._complete and not self.abandoned and self._error is None and not self.closed and self._keep_alive
 
     @property
     def answered(self) -> bool:
@@ -322,6 +316,8 @@ class UpstreamPool:
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: collections.deque[_Connection] = collections.deque()
         self._closed = False
+        # Connections opened so far: with keep-alive working it stays near the number of concurrent requests.
+        self.opened = 0
 
     async def _connect(self) -> _Connection:
         """A new connection (TCP_NODELAY is set by asyncio for TCP)."""
@@ -333,6 +329,7 @@ class UpstreamPool:
             raise ConnectTimedOut(f"no connection to {self.host}:{self.port} within {self.connect_timeout:g}s") from exc
         except OSError as exc:
             raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
+        self.opened += 1
         return conn
 
     def _take_idle(self) -> _Connection | None:
