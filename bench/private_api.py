@@ -117,7 +117,12 @@ def parse_options(argv: list[str] | None) -> Options:
         "--load", choices=("auto", "wrk", "python"), default="auto", help="load generator (auto: wrk when installed)"
     )
     parser.add_argument("--strict", action="store_true", help="exit with 1 when a goal is missed")
-    parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin servers and client to CPUs")
+    parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="while polling, do not pin the servers and the load generator to CPUs",
+    )
     parser.add_argument(
         "--workdir", type=Path, default=Path(tempfile.gettempdir()), help="where the temp files go (one disk)"
     )
@@ -691,7 +696,11 @@ def main(argv: list[str] | None = None) -> int:
     api: PrivateApi | None = None
     bare: ServerProcess | None = None
     try:
-        print(f"preparing in {workdir} (servers on CPUs {cpus.servers}, client on {cpus.client})", file=sys.stderr)
+        print(
+            f"preparing in {workdir}; while polling, servers on CPUs {sorted(cpus.servers or [])}, "
+            f"load generator on {sorted(cpus.client or [])}",
+            file=sys.stderr,
+        )
         src = workdir / "input.zip"
         size = make_big_zip(src, size_content)
         api = PrivateApi(workdir, max_bytes=size * 2).start()
