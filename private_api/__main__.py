@@ -31,6 +31,8 @@ def main() -> None:
         port=settings.port,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=30,
+        # The public API's relay reuses idle connections for up to 60 s (public_api/upstream.py): stay open longer.
+        timeout_keep_alive=75,
     )
 
 

@@ -37,7 +37,9 @@ def main() -> None:
         log_level=settings.log_level.lower(),
         proxy_headers=True,
         forwarded_allow_ips="*",
-        timeout_keep_alive=75,
+        # Longer than Traefik's idle timeout towards backends (90 s): Traefik, not we, closes an idle connection,
+        # so it never sends a request on one we are closing.
+        timeout_keep_alive=100,
     )
 
 

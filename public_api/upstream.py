@@ -33,8 +33,12 @@ log = logging.getLogger(__name__)
 
 # Reading pauses once this much of a response body waits for the caller: memory stays bounded per request.
 MAX_BUFFERED = 1024 * 1024
-# An idle connection is dropped before uvicorn's keep-alive timeout (5 s by default) would close it under us.
-IDLE_EXPIRY = 4.0
+# How long an idle connection is reused: below the private API's keep-alive timeout (75 s, see private_api/__main__),
+# so that it is not closed under a request. A bodiless request that still meets a closed one is retried on a fresh
+# connection; a request with a body (an upload cannot be replayed) reuses only connections idle for less than 4 s,
+# which even a private API with uvicorn's default timeout (5 s) keeps open.
+IDLE_EXPIRY = 60.0
+IDLE_EXPIRY_WITH_BODY = 4.0
 _CRLF = b"\r\n"
 
 
@@ -332,14 +336,23 @@ class UpstreamPool:
         self.opened += 1
         return conn
 
-    def _take_idle(self) -> _Connection | None:
-        """The most recently used idle connection that is still open and fresh, or None."""
+    def _prune(self, now: float) -> None:
+        """Close idle connections the upstream closed or that were idle too long (the oldest are on the left)."""
+        while self._idle and (self._idle[0].closed or now - self._idle[0].idle_since >= IDLE_EXPIRY):
+            self._idle.popleft().close()
+
+    def _take_idle(self, max_idle: float) -> _Connection | None:
+        """The most recently used idle connection that is open and idle for less than `max_idle` s, or None."""
         now = time.monotonic()
+        self._prune(now)
         while self._idle:
-            conn = self._idle.pop()
-            if not conn.closed and now - conn.idle_since < IDLE_EXPIRY:
+            conn = self._idle[-1]
+            if now - conn.idle_since >= max_idle:
+                # Too old for this request (the others are older still), yet good for a later bodiless one.
+                return None
+            self._idle.pop()
+            if not conn.closed:
                 return conn
-            conn.close()
         return None
 
     async def request(
@@ -376,7 +389,7 @@ class UpstreamPool:
         """One exchange on a pooled connection; a bodiless request that finds a reused connection dead is retried."""
         head = self._head(method, target, headers, body)
         for attempt in (1, 2):
-            conn = self._take_idle() if attempt == 1 else None
+            conn = self._take_idle(IDLE_EXPIRY if body is None else IDLE_EXPIRY_WITH_BODY) if attempt == 1 else None
             reused = conn is not None
             if conn is None:
                 conn = await self._connect()
@@ -439,8 +452,10 @@ class UpstreamPool:
     def release(self, conn: _Connection) -> None:
         """Back to the idle list when it can carry another request, else closed; frees the slot."""
         try:
+            now = time.monotonic()
+            self._prune(now)
             if conn.reusable and not self._closed and len(self._idle) < self.max_idle:
-                conn.idle_since = time.monotonic()
+                conn.idle_since = now
                 self._idle.append(conn)
             else:
                 conn.close()

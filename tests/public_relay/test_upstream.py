@@ -11,6 +11,8 @@ import pytest
 
 from public_api.private_client import _target
 from public_api.upstream import (
+    IDLE_EXPIRY,
+    IDLE_EXPIRY_WITH_BODY,
     MAX_BUFFERED,
     BrokenOff,
     ConnectFailed,
@@ -229,3 +231,40 @@ def test_request_targets_and_headers_cannot_be_split():
     assert _header_line("x-request-id", "abc") == b"x-request-id: abc\r\n"
     with pytest.raises(ValueError, match="http"):
         _pool("ftp://private-api:7000")
+
+
+def test_idle_connections_are_reused_for_a_while_and_uploads_get_recent_ones(stand_in_server: tuple[StandIn, str]):
+    state, url = stand_in_server
+    state.models["m"] = {"human_readable_id": "m"}
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"PK" + b"x" * 100
+
+    async def exchange(pool: UpstreamPool, method: str) -> int:
+        if method == "POST":
+            res = await pool.request("POST", "/api/tasks/?human_readable_id=m", body=body())
+        else:
+            res = await pool.request("GET", "/api/models/")
+        await res.aread(1 << 20)
+        return res.status_code
+
+    def age(pool: UpstreamPool, seconds: float) -> None:
+        for conn in pool._idle:
+            conn.idle_since -= seconds
+
+    async def scenario() -> None:
+        async with _pool(url) as pool:
+            assert await exchange(pool, "GET") == 200
+            age(pool, IDLE_EXPIRY_WITH_BODY + 1)
+            # An upload does not trust a connection idle that long; a bodiless request does.
+            assert await exchange(pool, "POST") == 200
+            assert pool.opened == 2
+            age(pool, IDLE_EXPIRY_WITH_BODY + 1)
+            assert await exchange(pool, "GET") == 200
+            assert pool.opened == 2
+            age(pool, IDLE_EXPIRY + 1)
+            assert await exchange(pool, "GET") == 200
+            assert pool.opened == 3
+            assert len(pool._idle) == 1
+
+    asyncio.run(scenario())
