@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from private_api.config import Settings
@@ -20,30 +21,36 @@ def _session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def _settings(request: Request) -> Settings:
+# The trivial dependencies are async: a plain `def` would cost a thread hop on every request.
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _storage(request: Request) -> Storage:
+async def _storage(request: Request) -> Storage:
     storage: Storage = request.app.state.storage
     return storage
 
 
-def _publisher(request: Request) -> Publisher:
+async def _publisher(request: Request) -> Publisher:
     publisher: Publisher = request.app.state.publisher
     return publisher
 
 
-def require_internal_token(request: Request, x_internal_token: Annotated[str | None, Header()] = None) -> None:
+async def require_internal_token(request: Request, x_internal_token: Annotated[str | None, Header()] = None) -> None:
     """Every /api and /internal call carries the shared internal token."""
     expected: str = request.app.state.settings.internal_token
     if not x_internal_token or not secrets.compare_digest(x_internal_token.encode(), expected.encode()):
         raise Unauthorized("missing or wrong X-Internal-Token")
 
 
-def _owner(x_owner: Annotated[str | None, Header(max_length=128)] = None) -> str | None:
+async def _owner(x_owner: Annotated[str | None, Header(max_length=128)] = None) -> str | None:
     return x_owner or None
+
+
+async def _engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
 
 
 SessionDep = Annotated[Session, Depends(_session)]
@@ -51,4 +58,5 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 StorageDep = Annotated[Storage, Depends(_storage)]
 PublisherDep = Annotated[Publisher, Depends(_publisher)]
 OwnerDep = Annotated[str | None, Depends(_owner)]
+EngineDep = Annotated[Engine, Depends(_engine)]
 InternalAuth = Depends(require_internal_token)

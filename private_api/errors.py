@@ -98,11 +98,16 @@ class Unauthorized(ApiError):
     status_code = 401
 
 
+def as_response(exc: ApiError) -> JSONResponse:
+    """The answer for an ApiError: flat JSON {"detail": ..., **extra}."""
+    return JSONResponse({"detail": exc.detail, **exc.extra}, status_code=exc.status_code)
+
+
 def install_handlers(app: FastAPI) -> None:
-    """Answer every ApiError as flat JSON: {"detail": ..., **extra}."""
+    """Answer every ApiError raised in a route with as_response."""
 
     async def handle(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
-        return JSONResponse({"detail": exc.detail, **exc.extra}, status_code=exc.status_code)
+        return as_response(exc)
 
     app.add_exception_handler(ApiError, handle)

@@ -32,6 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.storage = Storage(settings.data_dir)
         app.state.storage.clean_temp()
+        app.state.engine = engine
         app.state.sessions = make_sessionmaker(engine)
         app.state.publisher = Publisher(
             url=settings.rabbitmq_url, sessions=app.state.sessions, interval=settings.outbox_interval_seconds

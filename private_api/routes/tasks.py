@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, PlainTextResponse
+from fastapi.responses import FileResponse, PlainTextResponse, Response
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from common.settings import valid_uid
 from private_api import crud
-from private_api.deps import InternalAuth, OwnerDep, PublisherDep, SessionDep, SettingsDep, StorageDep
-from private_api.errors import InvalidRequest, ModelNotFound, NoOutput, TaskFailed, TaskNotFound, TaskPending
+from private_api.deps import EngineDep, InternalAuth, OwnerDep, PublisherDep, SessionDep, SettingsDep, StorageDep
+from private_api.errors import (
+    ApiError,
+    InvalidRequest,
+    ModelNotFound,
+    NoOutput,
+    TaskFailed,
+    TaskNotFound,
+    TaskPending,
+    as_response,
+)
 from private_api.orm import Task
 from private_api.routes.uploads import ZIP_FORM, receive_zip
 from private_api.schemas import HID_PATTERN, TaskOut, TaskPage, TaskStatus
@@ -104,6 +115,29 @@ def _log_tail(storage: Storage, uid: str) -> str:
         return log.read().decode(errors="replace")
 
 
+def _poll(engine: Engine, storage: Storage, uid: str, owner: str | None) -> Path | ApiError:
+    """The output zip of a finished task, or the error that answers the poll (one database round trip)."""
+    if not valid_uid(uid):
+        return TaskNotFound(f"no task {uid!r}")
+    with engine.connect() as connection:
+        row = crud.poll(connection, uid=uid)
+    if row is None or row.deleted or (owner is not None and row.owner != owner):
+        return TaskNotFound(f"no task {uid!r}")
+    if row.status == "finished":
+        output = storage.output_path(uid)
+        return output if output.exists() else NoOutput("the task finished, but its output zip is missing")
+    if row.model_exists is None:
+        return ModelNotFound(f"the task's model {row.model_hid!r} no longer exists")
+    if row.status in ("pending", "running"):
+        return TaskPending(f"task is {row.status}", status=row.status)
+    return TaskFailed(
+        row.error or "the task failed",
+        reason=row.error,
+        exit_code=row.exit_code,
+        log_tail=_log_tail(storage, uid),
+    )
+
+
 @router.get(
     "/{uid}",
     response_class=ZipFileResponse,
@@ -116,24 +150,13 @@ def _log_tail(storage: Storage, uid: str) -> str:
         554: {"description": "no such task, or deleted"},
     },
 )
-def get_task_output(uid: str, session: SessionDep, storage: StorageDep, owner: OwnerDep) -> ZipFileResponse:
+async def get_task_output(uid: str, engine: EngineDep, storage: StorageDep, owner: OwnerDep) -> Response:
     """Poll a task; when it is finished, the answer is its output zip (streamed)."""
-    task = _task(session, uid, owner)
-    if task.status == "finished":
-        output = storage.output_path(uid)
-        if not output.exists():
-            raise NoOutput("the task finished, but its output zip is missing")
-        return ZipFileResponse(output, media_type="application/zip", filename=f"{uid}.zip")
-    if not crud.model_exists(session, task.model_id):
-        raise ModelNotFound(f"the task's model {task.model_hid!r} no longer exists")
-    if task.status in ("pending", "running"):
-        raise TaskPending(f"task is {task.status}", status=task.status)
-    raise TaskFailed(
-        task.error or "the task failed",
-        reason=task.error,
-        exit_code=task.exit_code,
-        log_tail=_log_tail(storage, uid),
-    )
+    # Polling is the hottest call: one thread hop, one query, no exception machinery.
+    found = await run_in_threadpool(_poll, engine, storage, uid, owner)
+    if isinstance(found, ApiError):
+        return as_response(found)
+    return ZipFileResponse(found, media_type="application/zip", filename=f"{uid}.zip")
 
 
 @router.get("/{uid}/status", response_model=TaskOut)
