@@ -1,12 +1,13 @@
 """Benchmark of the public chain (issue 4): Traefik (HTTPS) -> public API -> private API, against the private API alone.
 
-Run: `python -m bench public_chain [--size-mib 1024] [--repeat 3] [--polls 500] [--concurrency 4]`.
+Run: `python -m bench public_chain [--size-mib 1024] [--repeat 3] [--poll-repeat 7] [--polls 500] [--concurrency 4]`.
 
 The issue's comparison: what a client gets through the whole chain over HTTPS (Traefik terminating TLS, then the
 public API relaying over HTTP) against what the same client gets from the private API directly over plain HTTP. The
 same client does both: httpx, HTTP/1.1, one keep-alive connection per polling thread, the same requests. The public
 API alone over plain HTTP (no Traefik, no TLS) is measured too, to tell the relay's share from Traefik's and TLS's.
-Every figure is measured `--repeat` times, the three paths interleaved, and reported as the median; CPU time per
+Each transfer is measured `--repeat` times and each polling figure `--poll-repeat` times, the three paths interleaved
+(in a rotating order), and reported as the median; CPU time per
 request (or per MiB) of each process (client thread, Traefik, public API, private API) says where the time goes.
 
 - polling: a pending task (answer 551), `--polls` sequential requests on one connection, and the same spread over
@@ -272,6 +273,12 @@ def summarize(samples: dict[str, list[tuple[float, dict[str, float]]]]) -> dict[
     return summary
 
 
+def rotated(paths: tuple[str, ...], run: int) -> tuple[str, ...]:
+    """The paths starting at a different one each run, so that no path always goes first."""
+    shift = run % len(paths)
+    return paths[shift:] + paths[:shift]
+
+
 def verdict(ratio: float, goal: float, higher_is_better: bool = True) -> str:
     """'met' or 'missed' against a goal."""
     return "met" if (ratio >= goal if higher_is_better else ratio < goal) else "missed"
@@ -282,11 +289,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench public_chain", description=__doc__.split("\n")[0])
     parser.add_argument("--size-mib", type=int, default=1024, help="size of the uploaded and downloaded zip")
     parser.add_argument("--repeat", type=int, default=3, help="measurements of each figure (the median is reported)")
+    parser.add_argument("--poll-repeat", type=int, default=7, help="measurements of each polling figure")
     parser.add_argument("--polls", type=int, default=500, help="polls per measurement")
     parser.add_argument("--concurrency", type=int, default=4, help="polling threads for the concurrent figure")
     args = parser.parse_args()
-    if args.size_mib < 1 or args.repeat < 1 or args.polls < 10 or args.concurrency < 1:
-        parser.error("--size-mib, --repeat and --concurrency must be at least 1 and --polls at least 10")
+    if min(args.size_mib, args.repeat, args.poll_repeat, args.concurrency) < 1 or args.polls < 10:
+        parser.error("--size-mib, --repeat, --poll-repeat and --concurrency must be at least 1, --polls at least 10")
     workdir = Path(tempfile.mkdtemp(prefix="bench-public-chain-"))
     # The zip, one stored input and one stored output at a time, with room to spare.
     needed = 4 * args.size_mib * MIB
@@ -351,12 +359,12 @@ def main() -> int:
 
         polls: dict[str, list[tuple[float, dict[str, float]]]] = {path: [] for path in PATHS}
         concurrent: dict[str, list[tuple[float, dict[str, float]]]] = {path: [] for path in PATHS}
-        for _ in range(args.repeat):
-            for path in PATHS:
+        for run in range(args.poll_repeat):
+            for path in rotated(PATHS, run):
                 polls[path].append(
                     measure(processes, partial(poll_sequential, client[path], pending, args.polls), args.polls)
                 )
-            for path in PATHS:
+            for path in rotated(PATHS, run):
                 concurrent[path].append(
                     measure(
                         processes,
@@ -374,8 +382,8 @@ def main() -> int:
         # One finished task whose output every path downloads.
         output_uid, _ = upload(client["direct"], small)
         finish_with_output(client["direct"], token, output_uid, big)
-        for _ in range(args.repeat):
-            for path in PATHS:
+        for run in range(args.repeat):
+            for path in rotated(PATHS, run):
                 uid: list[str] = []
 
                 def timed_upload(p: str = path, out: list[str] = uid) -> float:
@@ -398,6 +406,7 @@ def main() -> int:
             "through": "Traefik (HTTPS) + public API" if traefik else "public API (no Traefik image: no TLS)",
             "size_mib": args.size_mib,
             "repeat": args.repeat,
+            "poll_repeat": args.poll_repeat,
             "polls": args.polls,
             "concurrency": args.concurrency,
             "cpus": os.cpu_count(),
@@ -441,7 +450,11 @@ def main() -> int:
                 f"< {GOAL_RSS_GROWTH_MIB:g} {verdict(growth_mib, GOAL_RSS_GROWTH_MIB, higher_is_better=False)}",
             )
         )
-        print(f"\nmedian of {args.repeat}; chain = {results['through']}; {args.size_mib} MiB transfers\n")
+        print(
+            f"\nmedians of {args.poll_repeat} (polls) and {args.repeat} (transfers of {args.size_mib} MiB); "
+            f"chain = {results['through']}; load average {results['load_average_at_end'][0]:.1f} "
+            f"on {results['cpus']} CPUs at the end\n"
+        )
         print_table(("figure", "direct", "public API alone", "chain", "ratio", "goal"), rows)
         print("\nCPU milliseconds per request (polls) or per MiB (transfers), median:\n")
         cpu_rows = []
