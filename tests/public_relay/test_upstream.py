@@ -268,3 +268,22 @@ def test_idle_connections_are_reused_for_a_while_and_uploads_get_recent_ones(sta
             assert len(pool._idle) == 1
 
     asyncio.run(scenario())
+
+
+def test_a_chunked_answer_is_decoded_and_its_connection_reused():
+    async def chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(2):
+            await _read_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+            await writer.drain()
+        writer.close()
+
+    async def scenario(url: str) -> None:
+        async with _pool(url) as pool:
+            for _ in range(2):
+                res = await pool.request("GET", "/logs")
+                assert res.header("transfer-encoding") == "chunked"
+                assert await res.aread(100) == b"hello world"
+            assert pool.opened == 1
+
+    asyncio.run(_serve(chunked, scenario))
