@@ -30,6 +30,7 @@ def build_worker(settings: ConsumerSettings) -> Worker:
         pull_missing_images=settings.pull_missing_images,
         stop_timeout=settings.stop_timeout_seconds,
         model_fill_timeout=settings.model_fill_timeout_seconds,
+        bind_mounts={"auto": None, "on": True, "off": False}[settings.bind_work_dir],
     )
     api = PrivateApiClient(
         settings.private_api_url,

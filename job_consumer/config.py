@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -32,6 +33,9 @@ class ConsumerSettings(ServiceSettings):
     max_input_bytes: int = Field(default=64 * 1024**3, gt=0)
     model_fill_timeout_seconds: float = Field(default=3600.0, gt=0)
     http_timeout_seconds: float = Field(default=60.0, gt=0)
+    # auto: bind-mount task folders under WORK_DIR when the engine sees WORK_DIR at the same path (probed at the
+    # first task); off: always volumes filled and read through the engine; on: always bind-mount (no probe).
+    bind_work_dir: Literal["auto", "on", "off"] = "auto"
 
     @field_validator("gpu_device", "docker_host", mode="before")
     @classmethod
@@ -40,6 +44,17 @@ class ConsumerSettings(ServiceSettings):
         if isinstance(value, str) and not value.strip():
             return None
         return value.strip() if isinstance(value, str) else value
+
+    @field_validator("bind_work_dir", mode="before")
+    @classmethod
+    def _on_off(cls, value: object) -> object:
+        """BIND_WORK_DIR also takes the usual spellings of true and false."""
+        if isinstance(value, str):
+            value = value.strip().lower()
+            return {"true": "on", "1": "on", "yes": "on", "false": "off", "0": "off", "no": "off", "": "auto"}.get(
+                value, value
+            )
+        return value
 
     @field_validator("rabbitmq_url")
     @classmethod

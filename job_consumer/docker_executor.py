@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import collections
+import contextlib
+import io
 import logging
+import os
+import re
 import secrets
 import shutil
+import stat
+import tarfile
 import tempfile
 import threading
 import time
@@ -32,7 +38,7 @@ from job_consumer.sandbox import (
     task_labels,
 )
 from job_consumer.schemas import ModelInfo
-from job_consumer.tar_stream import OutputSummary, folder_as_tar, tar_to_zip
+from job_consumer.tar_stream import OutputSummary, folder_as_tar, folder_to_zip, tar_to_zip
 from job_consumer.timing import record, step
 
 __all__ = ["DockerExecutor", "RunResult", "TaskVolumes"]
@@ -47,10 +53,11 @@ _WAIT_STEP_SECONDS = 1.0
 
 @dataclass(frozen=True)
 class TaskVolumes:
-    """The two per-task volumes."""
+    """The task's /input and /output: two volumes, or two folders of host_dir bind-mounted when it is set."""
 
     input: str
     output: str
+    host_dir: Path | None = None
 
 
 @dataclass
@@ -66,6 +73,23 @@ class RunResult:
     log_tail: bytes = b""
     log_truncated: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _path_safe(text: str) -> str:
+    """text with every character but letters, digits, `_` and `-` replaced, for a folder name."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a task folder, making read-only folders in it writable first; what cannot go is logged."""
+    if not path.exists():
+        return
+    for directory, _dirs, _files in os.walk(path):
+        with contextlib.suppress(OSError):
+            os.chmod(directory, 0o700)
+    shutil.rmtree(path, ignore_errors=True)
+    if path.exists():
+        log.warning("could not remove all of %s", path)
 
 
 def _docker_call(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -104,6 +128,7 @@ class DockerExecutor:
         stop_timeout: int = 5,
         model_fill_timeout: float = 3600.0,
         image_cache_seconds: float = 60.0,
+        bind_mounts: bool | None = False,
     ) -> None:
         self.client = client
         self.consumer_id = consumer_id
@@ -119,6 +144,11 @@ class DockerExecutor:
         self._cpus: int | None = None
         # Image tags found on this host lately, with when: one inspect per tag and minute, not one per task.
         self._images_seen: dict[str, float] = {}
+        # True: /input and /output are folders under work_dir bind-mounted into the model container (the engine sees
+        # work_dir at the same path), so no archive goes through the engine; False: volumes filled and read through
+        # the engine; None: find out with a probe at the first task.
+        self.bind_mounts = bind_mounts
+        self._bind_root = work_dir / "tasks" / _path_safe(consumer_id)
         self.work_dir.mkdir(parents=True, exist_ok=True)
 
     # ---- images -------------------------------------------------------------------------------------------
@@ -169,8 +199,79 @@ class DockerExecutor:
             name=name,
         )
 
+    def uses_bind_mounts(self, image: str) -> bool:
+        """Whether tasks get bind-mounted folders; the first call with bind_mounts=None probes it (with image)."""
+        if self.bind_mounts is None:
+            self.bind_mounts = self._probe_shared_work_dir(image)
+        return self.bind_mounts
+
+    def _probe_shared_work_dir(self, image: str) -> bool:
+        """True when the engine sees work_dir at the same path as this process (a file written here reads back)."""
+        if os.geteuid() != 0:
+            # A model may write files only root can read or remove; such a consumer reads /output through the engine.
+            log.info("the consumer does not run as root: /input and /output are volumes filled through the engine")
+            return False
+        token = secrets.token_hex(16)
+        probe = self._bind_root / f"probe-{token[:8]}"
+        probe.mkdir(parents=True, exist_ok=True)
+        (probe / "token").write_text(token)
+        helper: Container | None = None
+        try:
+            helper = self._helper(
+                image,
+                {},
+                {CONSUMER_LABEL: self.consumer_id, ROLE_LABEL: "probe"},
+                mounts=[Mount(target="/probe", source=str(probe), type="bind", read_only=True)],
+            )
+            stream, _ = self.client.api.get_archive(helper.id, "/probe/token")
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                member = tar.extractfile("token")
+                shared = member is not None and member.read() == token.encode()
+        except (docker.errors.APIError, tarfile.TarError, KeyError) as exc:
+            log.info("the engine does not see %s: %s", self.work_dir, getattr(exc, "explanation", None) or exc)
+            shared = False
+        finally:
+            if helper is not None:
+                with contextlib.suppress(docker.errors.APIError):
+                    helper.remove(force=True)
+            _remove_tree(probe)
+        log.info(
+            "task /input and /output: %s",
+            f"folders under {self._bind_root}, bind-mounted" if shared else "volumes filled through the engine",
+        )
+        return shared
+
     @_docker_call("prepare the task's input")
     def prepare_task(self, *, task_uid: str, model: ModelInfo, input_zip: Path) -> TaskVolumes:
+        """Make the task's /input (holding the safely extracted input zip) and its empty /output."""
+        if self.uses_bind_mounts(model.container_tag):
+            return self._prepare_folders(task_uid, input_zip)
+        return self._prepare_volumes(task_uid, model, input_zip)
+
+    def _prepare_folders(self, task_uid: str, input_zip: Path) -> TaskVolumes:
+        """Extract the input into a folder under work_dir, readable by any user; an /output folder anyone can write."""
+        host_dir = self._bind_root / f"task-{_path_safe(task_uid)}-{secrets.token_hex(4)}"
+        input_dir, output_dir = host_dir / "input", host_dir / "output"
+        input_dir.mkdir(parents=True)
+        output_dir.mkdir()
+        try:
+            with step("input extract"):
+                safe_extract(input_zip, input_dir, self.zip_limits)
+        except UnsafeZipError as exc:
+            _remove_tree(host_dir)
+            raise ModelFailed(f"the input zip was rejected: {exc}") from exc
+        # Models may run as any user: what they read must be readable (and folders enterable) by all.
+        for directory, dirs, files in os.walk(input_dir):
+            for name in files:
+                path = os.path.join(directory, name)
+                os.chmod(path, stat.S_IMODE(os.lstat(path).st_mode) | 0o444)
+            for name in dirs:
+                os.chmod(os.path.join(directory, name), 0o755)
+        input_dir.chmod(0o755)
+        output_dir.chmod(0o1777)
+        return TaskVolumes(input=str(input_dir), output=str(output_dir), host_dir=host_dir)
+
+    def _prepare_volumes(self, task_uid: str, model: ModelInfo, input_zip: Path) -> TaskVolumes:
         """Create the task's labelled /input and /output volumes and put the safely extracted input into /input.
 
         The never started helper container that receives the input creates both volumes (with their labels) as it
@@ -447,8 +548,13 @@ class DockerExecutor:
         return data, truncated
 
     @_docker_call("collect the output")
-    def write_output_zip(self, container_id: str, dest: Path) -> OutputSummary:
-        """Stream the stopped container's /output tree into a zip file at dest."""
+    def write_output_zip(self, container_id: str, dest: Path, volumes: TaskVolumes | None = None) -> OutputSummary:
+        """Write the stopped container's /output tree into a zip file at dest (from its folder when bind-mounted)."""
+        if volumes is not None and volumes.host_dir is not None:
+            try:
+                return folder_to_zip(Path(volumes.output), dest)
+            except PermissionError as exc:
+                log.info("cannot read the output folder (%s); reading it through the engine", exc)
         stream, _ = self.client.api.get_archive(container_id, "/output", chunk_size=1024 * 1024)
         return tar_to_zip(stream, dest, strip="output")
 
@@ -459,11 +565,20 @@ class DockerExecutor:
 
         Only this consumer's: a task taken over by another consumer keeps that consumer's containers.
         """
-        return self._remove_labelled(f"{TASK_LABEL}={task_uid}", f"{CONSUMER_LABEL}={self.consumer_id}")
+        removed = self._remove_labelled(f"{TASK_LABEL}={task_uid}", f"{CONSUMER_LABEL}={self.consumer_id}")
+        for folder in self._bind_root.glob(f"task-{_path_safe(task_uid)}-*"):
+            _remove_tree(folder)
+            removed += 1
+        return removed
 
     def cleanup_leftovers(self) -> int:
         """Remove what a crashed run of this consumer left: its task containers and volumes, its fill locks."""
-        return self._remove_labelled(f"{CONSUMER_LABEL}={self.consumer_id}")
+        removed = self._remove_labelled(f"{CONSUMER_LABEL}={self.consumer_id}")
+        if self._bind_root.is_dir():
+            for folder in self._bind_root.iterdir():
+                _remove_tree(folder)
+                removed += 1
+        return removed
 
     def _remove_labelled(self, *labels: str) -> int:
         """Force-remove containers, then volumes, carrying all labels; count them; keep going past single failures."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
+import os
 import queue
 import stat
 import tarfile
@@ -14,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["OutputSummary", "folder_as_tar", "tar_to_zip"]
+__all__ = ["OutputSummary", "folder_as_tar", "folder_to_zip", "tar_to_zip"]
 
 log = logging.getLogger(__name__)
 
@@ -184,3 +186,62 @@ def tar_to_zip(chunks: Iterable[bytes], dest: Path, *, strip: str, compresslevel
     if summary.skipped:
         log.warning("left out of the output zip (links or special files): %s", summary.skipped[:20])
     return summary
+
+
+def folder_to_zip(folder: Path, dest: Path, *, compresslevel: int = 1) -> OutputSummary:
+    """Zip a folder's tree the way tar_to_zip zips an archive of it, never following a link.
+
+    Folders (empty ones too) and file modes are kept; links and special files are left out and listed.
+    PermissionError when a file cannot be read (the caller may fall back to reading it through the engine).
+    """
+    summary = OutputSummary()
+    with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=compresslevel) as archive:
+        pending: list[tuple[str, str]] = [(str(folder), "")]
+        while pending:
+            directory, prefix = pending.pop()
+            with os.scandir(directory) as scan:
+                entries = sorted(scan, key=lambda entry: entry.name)
+            for entry in entries:
+                name = prefix + entry.name
+                info_stat = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(info_stat.st_mode):
+                    info = zipfile.ZipInfo(name + "/", date_time=_zip_time(info_stat.st_mtime))
+                    info.external_attr = ((stat.S_IFDIR | stat.S_IMODE(info_stat.st_mode)) << 16) | 0x10
+                    archive.writestr(info, b"")
+                    summary.folders += 1
+                    pending.append((entry.path, name + "/"))
+                elif stat.S_ISREG(info_stat.st_mode):
+                    if _zip_regular_file(archive, entry.path, name, compresslevel, summary):
+                        summary.files += 1
+                    else:
+                        summary.skipped.append(name)
+                else:
+                    summary.skipped.append(name)
+    if summary.skipped:
+        log.warning("left out of the output zip (links or special files): %s", summary.skipped[:20])
+    return summary
+
+
+def _zip_regular_file(
+    archive: zipfile.ZipFile, path: str, name: str, compresslevel: int, summary: OutputSummary
+) -> bool:
+    """Copy one regular file into the zip; False when it turned out not to be one (opened without following links)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # it became a link since it was listed
+            return False
+        raise
+    with os.fdopen(fd, "rb") as source:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):
+            return False
+        info = zipfile.ZipInfo(name, date_time=_zip_time(opened.st_mtime))
+        info.external_attr = (stat.S_IFREG | stat.S_IMODE(opened.st_mode)) << 16
+        info.compress_type = zipfile.ZIP_DEFLATED
+        setattr(info, "compress_level" if hasattr(info, "compress_level") else "_compresslevel", compresslevel)
+        with archive.open(info, "w", force_zip64=True) as out:
+            while block := source.read(_CHUNK):
+                out.write(block)
+                summary.bytes += len(block)
+    return True

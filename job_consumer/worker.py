@@ -364,7 +364,7 @@ class Worker:
             return self._finish(uid, status="failed", reason=reason, exit_code=result.exit_code)
         output = scratch / "output.zip"
         with step("output zip"):
-            summary = self.executor.write_output_zip(result.container_id, output)
+            summary = self.executor.write_output_zip(result.container_id, output, volumes)
         self._check(state)
         with step("upload output"):
             self.api.upload_output(uid, output)
