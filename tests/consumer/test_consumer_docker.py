@@ -40,7 +40,7 @@ def run_task(
             task_uid=uid, model=model, volumes=volumes, model_volume=model_volume, abort=abort or threading.Event()
         )
         output = tmp_path / "output.zip"
-        executor.write_output_zip(result.container_id, output)
+        executor.write_output_zip(result.container_id, output, volumes)
         return result, output
     finally:
         executor.cleanup_task(uid)
@@ -259,6 +259,84 @@ def test_log_tail_is_bounded(consumer_docker, model_images, tmp_path, consumer_i
         assert len(result.log_tail) <= 1024
     finally:
         ex.cleanup_leftovers()
+
+
+@pytest.fixture
+def bind_executor(consumer_docker: docker.DockerClient, consumer_id: str, tmp_path: Path):
+    """A CPU executor that probes whether the engine sees its work dir (it does here: same host, root)."""
+    ex = DockerExecutor(
+        consumer_docker, consumer_id=consumer_id, gpu_device=None, work_dir=tmp_path / "work", bind_mounts=None
+    )
+    yield ex
+    ex.cleanup_leftovers()
+    assert not consumer_docker.containers.list(all=True, filters={"label": f"inference-server.consumer={consumer_id}"})
+
+
+def test_probe_finds_the_shared_work_dir_and_leaves_nothing(bind_executor: DockerExecutor, model_images):
+    """The first task's probe finds that the engine sees the work dir; its container and folder are gone after."""
+    assert bind_executor.uses_bind_mounts(model_images["copy"]) is True
+    assert bind_executor.bind_mounts is True
+    assert not bind_executor.client.containers.list(
+        all=True, filters={"label": f"inference-server.consumer={bind_executor.consumer_id}"}
+    )
+    assert not list((bind_executor.work_dir / "tasks").rglob("probe-*"))
+
+
+def test_probe_says_no_when_the_engine_sees_another_folder(consumer_docker, consumer_id, model_images, tmp_path):
+    """A work dir the engine does not see (here: a path that exists only for this process) means volumes."""
+    ex = DockerExecutor(
+        consumer_docker, consumer_id=consumer_id, gpu_device=None, work_dir=tmp_path / "w", bind_mounts=None
+    )
+    original = ex._helper
+
+    def elsewhere(image, volumes, labels, name=None, mounts=None):
+        """Mount a different (empty) host folder at /probe, as an engine on another host would see."""
+        other = tmp_path / "engine-side"
+        other.mkdir(exist_ok=True)
+        moved = [docker.types.Mount(target=m["Target"], source=str(other), type="bind") for m in mounts or []]
+        return original(image, volumes, labels, name=name, mounts=moved)
+
+    ex._helper = elsewhere  # type: ignore[method-assign]
+    try:
+        assert ex.uses_bind_mounts(model_images["copy"]) is False
+    finally:
+        ex.cleanup_leftovers()
+
+
+def test_bind_mounted_task_gives_the_same_output_and_cleans_up(bind_executor: DockerExecutor, model_images, tmp_path):
+    """With bind-mounted folders: nested and empty folders and modes come back; the task folder goes at cleanup."""
+    files = {"scans/ct/slice1.dcm": b"\x00\x01" * 1000, "notes.txt": b"n", "emptydir/": None}
+    uid = "task-uid-bind-0123456789abcd"
+    result, output = run_task(bind_executor, make_model(model_images["copy"]), tmp_path, files, uid=uid)
+    assert result.exit_code == 0, result.log_tail
+    entries = zip_entries(output)
+    assert read_member(output, "nested/deeper/scans/ct/slice1.dcm") == b"\x00\x01" * 1000
+    assert "empty/" in entries and "nested/deeper/emptydir/" in entries
+    assert stat.S_IMODE(entries["run-me.sh"].external_attr >> 16) == 0o750
+    assert not list((bind_executor.work_dir / "tasks").rglob(f"task-{uid}-*"))
+
+
+def test_bind_mounted_input_is_read_only(bind_executor: DockerExecutor, model_images, tmp_path):
+    """A bind-mounted /input is as read-only for the model as a volume; the sandbox is the same."""
+    _, output = run_task(bind_executor, make_model(model_images["write_ro"]), tmp_path)
+    assert bind_executor.bind_mounts is True
+    assert read_member(output, "input-rc.txt").strip() != b"0"
+    assert b"Read-only file system" in read_member(output, "input-error.txt")
+    status = read_member(output, "status.txt").decode()
+    assert "CapEff:\t0000000000000000" in status and "NoNewPrivs:\t1" in status
+
+
+def test_bind_mounted_unsafe_input_leaves_no_folder(bind_executor: DockerExecutor, model_images, tmp_path):
+    """An unsafe input zip is refused before anything runs, and its task folder is removed."""
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as archive:
+        archive.writestr("../escape.txt", b"x")
+    with pytest.raises(ModelFailed, match="rejected"):
+        bind_executor.prepare_task(
+            task_uid="task-uid-bad-bind-0123456", model=make_model(model_images["copy"]), input_zip=bad
+        )
+    assert not list((bind_executor.work_dir / "tasks").rglob("task-*"))
+    assert not list(tmp_path.rglob("escape.txt"))
 
 
 def _remove_model_volumes(client: docker.DockerClient, model: ModelInfo) -> None:

@@ -44,16 +44,20 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def test_task_runs_and_output_comes_back(
-    private_api: PrivateApi, start_worker: StartWorker, model_images, consumer_docker
+    private_api: PrivateApi, start_worker: StartWorker, model_images, consumer_docker, tmp_path
 ):
-    """A task's input goes in, the nested output tree comes back as a zip, logs are stored, nothing is left."""
+    """A task's input goes in, the nested output tree comes back as a zip, logs are stored, nothing is left.
+
+    The consumer runs as the tests do (root, on the engine's host), so its tasks use bind-mounted folders.
+    """
     model = private_api.add_model(model_images["copy"])
     uid = private_api.submit(
         model["human_readable_id"], zip_bytes({"ct/slice-001.dcm": b"x" * 5000, "meta.json": b"{}"})
     )
-    start_worker()
+    worker = start_worker()
     status = private_api.wait(uid, {"finished", "failed"})
     assert status["status"] == "finished", status
+    assert worker.worker.executor.bind_mounts is True
     assert status["attempt"] == 1 and status["exit_code"] == 0
     response = private_api.http.get(f"/api/tasks/{uid}")
     assert response.status_code == 200
@@ -63,7 +67,9 @@ def test_task_runs_and_output_comes_back(
         assert "empty/" in names
         assert stat.S_IMODE(archive.getinfo("run-me.sh").external_attr >> 16) == 0o750
     assert "copied 2 entries" in private_api.http.get(f"/api/tasks/{uid}/logs").text
-    assert task_leftovers(consumer_docker, uid) == []
+    # The cleanup runs right after the final state is stored (and the message acked), not before.
+    wait_until(lambda: not task_leftovers(consumer_docker, uid), 15, "the task's containers and volumes to go")
+    wait_until(lambda: not list(tmp_path.rglob(f"task-{uid}-*")), 15, "the task's folders to go")
 
 
 def test_failures_users_understand(private_api: PrivateApi, start_worker: StartWorker, model_images):
@@ -97,8 +103,10 @@ def test_model_content_is_mounted_at_model(
     """The model zip is unpacked into a kept volume and read by the model at /model."""
     model = private_api.add_model(model_images["read_model"], zip_file=zip_bytes({"weights.txt": b"w-123"}))
     uid = private_api.submit(model["human_readable_id"], zip_bytes({"a": b"b"}))
-    start_worker()
+    # Volumes filled and read through the engine, as on a host whose engine does not see WORK_DIR.
+    worker = start_worker(BIND_WORK_DIR="off")
     assert private_api.wait(uid, {"finished", "failed"})["status"] == "finished"
+    assert worker.worker.executor.bind_mounts is False
     with zipfile.ZipFile(io.BytesIO(private_api.http.get(f"/api/tasks/{uid}").content)) as archive:
         assert archive.read("weights-seen.txt") == b"w-123"
     volumes = consumer_docker.volumes.list(filters={"label": f"inference-server.model-id={model['human_readable_id']}"})
@@ -133,10 +141,11 @@ def test_redelivered_message_of_a_finished_task_is_skipped(
     uid = private_api.submit(model["human_readable_id"], zip_bytes({"a": b"b"}))
     worker = start_worker()
     assert private_api.wait(uid, {"finished", "failed"})["status"] == "finished"
+    # Read before publishing: the consumer may take the message before this line would run after it.
+    handled = worker.worker.processed
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
     connection.channel().basic_publish("", CPU_QUEUE, encode(uid), pika.BasicProperties(delivery_mode=2))
     connection.close()
-    handled = worker.worker.processed
     wait_until(lambda: worker.worker.processed > handled and queue_length(amqp_url, CPU_QUEUE) == 0, 30, "the skip")
     worker.stop()
     status = private_api.status(uid)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import stat
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -20,7 +22,8 @@ from job_consumer.docker_executor import RunResult
 from job_consumer.errors import LeaseLost, PrivateApiError
 from job_consumer.private_api import ClaimOutcome, PrivateApiClient
 from job_consumer.sandbox import model_container_kwargs
-from job_consumer.tar_stream import folder_as_tar, tar_to_zip
+from job_consumer.tar_stream import folder_as_tar, folder_to_zip, tar_to_zip
+from job_consumer.timing import StepTimes, step, timing_task
 from job_consumer.worker import failure_reason
 from tests.consumer.helpers import make_model
 
@@ -197,3 +200,54 @@ def test_empty_tar_gives_an_empty_zip(tmp_path: Path):
     tar_to_zip([buffer.getvalue()], tmp_path / "e.zip", strip="output")
     with zipfile.ZipFile(tmp_path / "e.zip") as archive:
         assert archive.namelist() == []
+
+
+def test_folder_to_zip_keeps_the_tree_and_never_follows_links(tmp_path: Path):
+    """A bind-mounted /output is zipped like the engine's archive; links and fifos are left out, never followed."""
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "passwd").write_text("root:x:0:0")
+    out = tmp_path / "output"
+    (out / "a" / "b").mkdir(parents=True)
+    (out / "empty").mkdir()
+    (out / "a" / "b" / "f.bin").write_bytes(b"\x01" * 2_000_000)
+    (out / "run.sh").write_text("#!/bin/sh\n")
+    (out / "run.sh").chmod(0o750)
+    (out / "link-to-file").symlink_to(secret / "passwd")
+    (out / "link-to-dir").symlink_to(secret)
+    os.mkfifo(out / "a" / "pipe")
+    summary = folder_to_zip(out, tmp_path / "out.zip")
+    assert summary.files == 2 and summary.bytes == 2_000_010
+    assert sorted(summary.skipped) == ["a/pipe", "link-to-dir", "link-to-file"]
+    with zipfile.ZipFile(tmp_path / "out.zip") as archive:
+        infos = {info.filename: info for info in archive.infolist()}
+        assert set(infos) == {"a/", "a/b/", "a/b/f.bin", "empty/", "run.sh"}
+        assert archive.read("a/b/f.bin") == b"\x01" * 2_000_000
+        assert stat.S_IMODE(infos["run.sh"].external_attr >> 16) == 0o750
+        assert infos["empty/"].is_dir()
+
+
+def test_step_times_add_up_per_task_and_thread():
+    """Steps timed in a task's threads add up by name; outside a task nothing is recorded."""
+    times = StepTimes("uid-1")
+    with step("outside"):
+        pass
+    with timing_task(times):
+        for _ in range(2):
+            with step("put input archive"):
+                time.sleep(0.01)
+    assert list(times.steps) == ["put input archive"] and times.steps["put input archive"] >= 0.02
+    assert times.summary().startswith("put input archive 0.0") and "; total " in times.summary()
+
+
+def test_bind_work_dir_setting(monkeypatch):
+    """BIND_WORK_DIR: auto by default; the usual spellings of true and false; anything else is refused."""
+    monkeypatch.setenv("INTERNAL_TOKEN", TOKEN)
+    monkeypatch.setenv("RABBITMQ_URL", "amqp://u:p@mq:5672/%2F")
+    assert load_settings().bind_work_dir == "auto"
+    for value, expected in (("true", "on"), ("0", "off"), ("OFF", "off"), ("", "auto")):
+        monkeypatch.setenv("BIND_WORK_DIR", value)
+        assert load_settings().bind_work_dir == expected
+    monkeypatch.setenv("BIND_WORK_DIR", "sometimes")
+    with pytest.raises(ValidationError, match="bind_work_dir"):
+        load_settings()
