@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -112,23 +112,25 @@ def model_exists(session: Session, model_id: int | None) -> bool:
     return model_id is not None and session.get(Model, model_id) is not None
 
 
-def poll(connection: Connection, *, uid: str) -> Row[Any] | None:
-    """What polling a task needs, in one query: its state and whether its model still exists."""
-    query = (
-        select(
-            Task.status,
-            Task.deleted,
-            Task.owner,
-            Task.error,
-            Task.exit_code,
-            Task.model_hid,
-            Model.id.label("model_exists"),
-        )
-        .outerjoin(Model, Model.id == Task.model_id)
-        .where(Task.uid == uid)
+# Built once: constructing a select costs far more than running it, and polling is the hottest call.
+_POLL = (
+    select(
+        Task.status,
+        Task.deleted,
+        Task.owner,
+        Task.error,
+        Task.exit_code,
+        Task.model_hid,
+        Model.id.label("model_exists"),
     )
-    row: Row[Any] | None = connection.execute(query).first()  # type: ignore[assignment]
-    return row
+    .outerjoin(Model, Model.id == Task.model_id)
+    .where(Task.uid == bindparam("uid"))
+)
+
+
+def poll(connection: Connection, *, uid: str) -> Any:
+    """What polling a task needs, in one query: its state and whether its model still exists (a Row, or None)."""
+    return connection.execute(_POLL, {"uid": uid}).first()
 
 
 def queue_position(session: Session, task: Task) -> int | None:
