@@ -10,7 +10,7 @@ set -euo pipefail
 
 IMAGES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CI_DIR="$(dirname "$IMAGES_DIR")"
-# shellcheck source=../standin.env
+# shellcheck source=SCRIPTDIR/../standin.env
 source "$CI_DIR/standin.env"
 
 INPUTS_LABEL="org.inference-server.ci.inputs"

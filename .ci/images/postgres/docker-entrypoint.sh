@@ -54,6 +54,7 @@ init_database() {
         "${psql[@]}" -q --set db="$POSTGRES_DB" <<<'CREATE DATABASE :"db";'
     fi
     local f
+    # shellcheck disable=SC1090  # init scripts are the user's, found at run time
     for f in /docker-entrypoint-initdb.d/*; do
         [[ -e "$f" ]] || continue
         case "$f" in
