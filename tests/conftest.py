@@ -49,7 +49,7 @@ _CREATED_DATABASES: dict[str, list[str]] = {}
 
 
 def normalise_postgres_url(url: str) -> str | None:
-    """`url` as a `postgresql+psycopg://` URL, or None when it is not a PostgreSQL URL at all."""
+    """`url` as a `postgresql+psycopg://` URL, None when it is no PostgreSQL URL; ValueError for another driver."""
     try:
         parsed = make_url(url)
     except sa.exc.ArgumentError:
@@ -58,7 +58,7 @@ def normalise_postgres_url(url: str) -> str | None:
     if backend not in {"postgresql", "postgres"}:
         return None
     if driver not in {"", "psycopg"}:
-        raise pytest.UsageError(f"DATABASE_URL uses driver {driver!r}; the tests need postgresql+psycopg://")
+        raise ValueError(f"PostgreSQL URL with driver {driver!r}: the project uses postgresql+psycopg://")
     return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
 
 
@@ -258,7 +258,10 @@ def rabbitmq_url(request: pytest.FixtureRequest) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A `postgresql+psycopg://` URL of a server that accepts connections: DATABASE_URL, else a container."""
-    external = normalise_postgres_url(os.environ.get("DATABASE_URL", "").strip())
+    try:
+        external = normalise_postgres_url(os.environ.get("DATABASE_URL", "").strip())
+    except ValueError as exc:
+        pytest.fail(f"DATABASE_URL: {exc}", pytrace=False)
     if external:
         _wait_until(lambda: _postgres_problem(external), what="DATABASE_URL", timeout=EXTERNAL_TIMEOUT)
         try:

@@ -137,5 +137,5 @@ def test_normalise_postgres_url(url: str, expected: str | None) -> None:
 
 def test_normalise_postgres_url_refuses_another_driver() -> None:
     """A PostgreSQL URL with a driver the project does not install is a usage error, not silently rewritten."""
-    with pytest.raises(pytest.UsageError, match="psycopg"):
+    with pytest.raises(ValueError, match="psycopg"):
         normalise_postgres_url("postgresql+asyncpg://u:p@h/d")
