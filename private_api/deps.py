@@ -37,11 +37,16 @@ async def _publisher(request: Request) -> Publisher:
     return publisher
 
 
+def check_internal_token(request: Request, token: str | None) -> None:
+    """Unauthorized unless token is the shared internal token."""
+    expected: str = request.app.state.settings.internal_token
+    if not token or not secrets.compare_digest(token.encode(), expected.encode()):
+        raise Unauthorized("missing or wrong X-Internal-Token")
+
+
 async def require_internal_token(request: Request, x_internal_token: Annotated[str | None, Header()] = None) -> None:
     """Every /api and /internal call carries the shared internal token."""
-    expected: str = request.app.state.settings.internal_token
-    if not x_internal_token or not secrets.compare_digest(x_internal_token.encode(), expected.encode()):
-        raise Unauthorized("missing or wrong X-Internal-Token")
+    check_internal_token(request, x_internal_token)
 
 
 async def _owner(x_owner: Annotated[str | None, Header(max_length=128)] = None) -> str | None:

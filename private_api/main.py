@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redirect_slashes=False,
     )
     install_handlers(app)
-    for router in (models.router, tasks.router, consumer.router, health.router):
+    for router in (tasks.poll_router, models.router, tasks.router, consumer.router, health.router):
         app.include_router(router)
     app.add_middleware(StripTrailingSlash)
     return app
