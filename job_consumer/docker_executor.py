@@ -199,6 +199,7 @@ class DockerExecutor:
             name=name,
         )
 
+    @_docker_call("probe whether the engine sees the work dir")
     def uses_bind_mounts(self, image: str) -> bool:
         """Whether tasks get bind-mounted folders; the first call with bind_mounts=None probes it (with image)."""
         if self.bind_mounts is None:
@@ -245,15 +246,23 @@ class DockerExecutor:
     def prepare_task(self, *, task_uid: str, model: ModelInfo, input_zip: Path) -> TaskVolumes:
         """Make the task's /input (holding the safely extracted input zip) and its empty /output."""
         if self.uses_bind_mounts(model.container_tag):
-            return self._prepare_folders(task_uid, input_zip)
+            volumes = self.task_folders(task_uid)
+            self.fill_folders(volumes, input_zip)
+            return volumes
         return self._prepare_volumes(task_uid, model, input_zip)
 
-    def _prepare_folders(self, task_uid: str, input_zip: Path) -> TaskVolumes:
-        """Extract the input into a folder under work_dir, readable by any user; an /output folder anyone can write."""
+    def task_folders(self, task_uid: str) -> TaskVolumes:
+        """The task's empty /input and /output folders under work_dir (for bind mounts)."""
         host_dir = self._bind_root / f"task-{_path_safe(task_uid)}-{secrets.token_hex(4)}"
-        input_dir, output_dir = host_dir / "input", host_dir / "output"
-        input_dir.mkdir(parents=True)
-        output_dir.mkdir()
+        (host_dir / "input").mkdir(parents=True)
+        (host_dir / "output").mkdir()
+        return TaskVolumes(input=str(host_dir / "input"), output=str(host_dir / "output"), host_dir=host_dir)
+
+    def fill_folders(self, volumes: TaskVolumes, input_zip: Path) -> None:
+        """Extract the input into the /input folder, readable by any user; make /output writable by anyone."""
+        if volumes.host_dir is None:
+            raise ValueError("fill_folders needs the task folders of task_folders()")
+        host_dir, input_dir, output_dir = volumes.host_dir, Path(volumes.input), Path(volumes.output)
         try:
             with step("input extract"):
                 safe_extract(input_zip, input_dir, self.zip_limits)
@@ -269,7 +278,6 @@ class DockerExecutor:
                 os.chmod(os.path.join(directory, name), 0o755)
         input_dir.chmod(0o755)
         output_dir.chmod(0o1777)
-        return TaskVolumes(input=str(input_dir), output=str(output_dir), host_dir=host_dir)
 
     def _prepare_volumes(self, task_uid: str, model: ModelInfo, input_zip: Path) -> TaskVolumes:
         """Create the task's labelled /input and /output volumes and put the safely extracted input into /input.
@@ -430,17 +438,11 @@ class DockerExecutor:
 
     # ---- the run -----------------------------------------------------------------------------------------
 
-    @_docker_call("run the model")
-    def run(
-        self,
-        *,
-        task_uid: str,
-        model: ModelInfo,
-        volumes: TaskVolumes,
-        model_volume: str | None,
-        abort: threading.Event,
-    ) -> RunResult:
-        """Run the model in its sandbox until it exits, times out (killed) or abort is set (stopped)."""
+    @_docker_call("create the model's container")
+    def create_container(
+        self, *, task_uid: str, model: ModelInfo, volumes: TaskVolumes, model_volume: str | None
+    ) -> Container:
+        """Create (not start) the model's sandboxed container; ModelFailed when the engine refuses its settings."""
         try:
             kwargs = model_container_kwargs(
                 model=model,
@@ -470,6 +472,24 @@ class DockerExecutor:
                 # The engine refuses the model's settings (e.g. a limit this host cannot give): retrying cannot help.
                 raise ModelFailed(f"docker refused the model's container: {exc.explanation or exc}") from exc
             raise
+        return container
+
+    @_docker_call("run the model")
+    def run(
+        self,
+        *,
+        task_uid: str,
+        model: ModelInfo,
+        volumes: TaskVolumes,
+        model_volume: str | None,
+        abort: threading.Event,
+        container: Container | None = None,
+    ) -> RunResult:
+        """Run the model (in container, when already created) until it exits, times out (killed) or is aborted."""
+        if container is None:
+            container = self.create_container(
+                task_uid=task_uid, model=model, volumes=volumes, model_volume=model_volume
+            )
         started = time.monotonic()
         try:
             with step("container start"):

@@ -6,13 +6,16 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import ParamSpec, TypeVar
 
-__all__ = ["StepTimes", "record", "step", "timing_task"]
+__all__ = ["StepTimes", "current_times", "in_task", "record", "step", "timing_task"]
 
 log = logging.getLogger(__name__)
 
 _local = threading.local()
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class StepTimes:
@@ -36,6 +39,23 @@ class StepTimes:
 def _current() -> StepTimes | None:
     """The timings of the task this thread works on, if any."""
     return getattr(_local, "times", None)
+
+
+def current_times() -> StepTimes | None:
+    """The timings of the task this thread works on (to hand to a helper thread), if any."""
+    return _current()
+
+
+def in_task(times: StepTimes | None, func: Callable[P, R]) -> Callable[P, R]:
+    """func, recording its steps into times in whatever thread it runs."""
+
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        if times is None:
+            return func(*args, **kwargs)
+        with timing_task(times):
+            return func(*args, **kwargs)
+
+    return run
 
 
 @contextlib.contextmanager

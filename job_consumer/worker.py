@@ -9,9 +9,12 @@ import signal
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+
+from docker.models.containers import Container
 
 from common.messages import decode
 from job_consumer.broker import Broker, BrokerError, Delivery
@@ -19,7 +22,7 @@ from job_consumer.docker_executor import DockerExecutor, RunResult
 from job_consumer.errors import LeaseLost, ModelFailed, PrivateApiError, RetryLater
 from job_consumer.private_api import ClaimOutcome, PrivateApiClient
 from job_consumer.schemas import Claim, ModelInfo
-from job_consumer.timing import StepTimes, step, timing_task
+from job_consumer.timing import StepTimes, current_times, in_task, step, timing_task
 
 __all__ = ["Settle", "Worker", "failure_reason"]
 
@@ -333,10 +336,6 @@ class Worker:
         uid, model = claim.task.uid, claim.model
         with step("image check"):
             self.executor.ensure_image(model.container_tag)
-        input_zip = scratch / "input.zip"
-        with step("input download"):
-            self.api.download_input(uid, input_zip)
-        self._check(state)
         sha = model.zip_sha256 or ""
         with step("model volume"):
             model_volume = self.executor.ensure_model_volume(
@@ -344,11 +343,35 @@ class Worker:
                 lambda dest: self.api.download_model_zip(model.human_readable_id, dest, expected_sha256=sha),
             )
         self._check(state)
-        volumes = self.executor.prepare_task(task_uid=uid, model=model, input_zip=input_zip)
+        input_zip = scratch / "input.zip"
+        container: Container | None = None
+        if self.executor.uses_bind_mounts(model.container_tag):
+            volumes = self.executor.task_folders(uid)
+            # The container does not need the input to be created: the engine creates it while the input comes in.
+            # Leaving the block waits for the creation, so the task's cleanup always finds the container.
+            with ThreadPoolExecutor(1, thread_name_prefix=f"create-{uid}") as pool:
+                creating = pool.submit(
+                    in_task(current_times(), self.executor.create_container),
+                    task_uid=uid,
+                    model=model,
+                    volumes=volumes,
+                    model_volume=model_volume,
+                )
+                self._download_input(uid, input_zip, state)
+                self.executor.fill_folders(volumes, input_zip)
+                container = creating.result()
+        else:
+            self._download_input(uid, input_zip, state)
+            volumes = self.executor.prepare_task(task_uid=uid, model=model, input_zip=input_zip)
         input_zip.unlink()
         self._check(state)
         result = self.executor.run(
-            task_uid=uid, model=model, volumes=volumes, model_volume=model_volume, abort=state.abort
+            task_uid=uid,
+            model=model,
+            volumes=volumes,
+            model_volume=model_volume,
+            abort=state.abort,
+            container=container,
         )
         self._check(state)
         if result.aborted:
@@ -370,6 +393,12 @@ class Worker:
             self.api.upload_output(uid, output)
         log.info("task %s finished: %d files, %d bytes in %.1f s", uid, summary.files, summary.bytes, result.duration)
         return self._finish(uid, status="finished", reason=None, exit_code=0)
+
+    def _download_input(self, uid: str, dest: Path, state: _TaskState) -> None:
+        """Fetch the task's input zip; raise when the task must stop meanwhile."""
+        with step("input download"):
+            self.api.download_input(uid, dest)
+        self._check(state)
 
     def _finish(self, uid: str, *, status: str, reason: str | None, exit_code: int | None) -> Settle:
         """Store the final state (retrying a while); ACK once stored or once the task is no longer ours."""
