@@ -7,7 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-__all__ = ["RelayError", "install_handlers"]
+__all__ = ["RelayError", "error_response", "install_handlers"]
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +22,15 @@ class RelayError(Exception):
         self.headers = headers or {}
 
 
-async def _relay_error(_request: Request, exc: Exception) -> JSONResponse:
+def error_response(exc: RelayError) -> JSONResponse:
     """A RelayError as a flat JSON body."""
-    assert isinstance(exc, RelayError)
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _relay_error(_request: Request, exc: Exception) -> JSONResponse:
+    """A RelayError raised in a FastAPI route, answered."""
+    assert isinstance(exc, RelayError)
+    return error_response(exc)
 
 
 def install_handlers(app: FastAPI) -> None:

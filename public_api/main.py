@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from public_api.config import Settings, get_settings
 from public_api.deps import ClientDep
 from public_api.errors import install_handlers
+from public_api.fast_path import FastRelay
 from public_api.private_client import create_client, probe
 from public_api.routes import router
 
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_handlers(app)
     app.include_router(router)
+    app.add_middleware(FastRelay)
 
     @app.get("/healthz", summary="Liveness; reports whether the private API answers")
     async def healthz(client: ClientDep) -> dict[str, str]:

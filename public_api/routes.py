@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import Response
+from starlette.convertors import Convertor
+from starlette.routing import compile_path
 
 from common.settings import valid_uid
 from public_api.deps import RelayDep
 from public_api.errors import RelayError
 
-__all__ = ["router"]
+__all__ = ["RELAYED", "RelayedRoute", "router"]
 
 router = APIRouter()
+
+Endpoint = Callable[..., Awaitable[Response]]
+# (method, path regex, path parameter convertors, endpoint) of every relayed call, slash variants included: what the
+# fast path (public_api/fast_path.py) serves without FastAPI's routing and dependency resolution.
+RelayedRoute = tuple[str, re.Pattern[str], dict[str, Convertor[Any]], Endpoint]
+RELAYED: list[RelayedRoute] = []
 
 
 def _query(name: str, kind: str, description: str) -> dict[str, Any]:
@@ -56,12 +65,15 @@ _TASK_DOC = {
 }
 
 
-def _both(method: str, path: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a route at path and at path + '/', answering the same (no redirect)."""
+def _both(method: str, path: str, **kwargs: Any) -> Callable[[Endpoint], Endpoint]:
+    """Register a route at path and at path + '/', answering the same (no redirect); its endpoint takes `relay`."""
 
-    def register(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    def register(endpoint: Endpoint) -> Endpoint:
         router.add_api_route(path + "/", endpoint, methods=[method], **kwargs)
         router.add_api_route(path, endpoint, methods=[method], include_in_schema=False, **kwargs)
+        for variant in (path + "/", path):
+            regex, _, convertors = compile_path(variant)
+            RELAYED.append((method, regex, convertors, endpoint))
         return endpoint
 
     return register
