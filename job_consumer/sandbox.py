@@ -39,6 +39,7 @@ def model_container_kwargs(
     """Keyword arguments for `containers.create` that run `model` locked down; ValueError for a GPU model sans GPU."""
     if model.use_gpu and not gpu_device:
         raise ValueError(f"model {model.human_readable_id!r} needs a GPU and this consumer has none")
+    # Each source is a volume name, or a host folder (an absolute path) when the task's folders are bind-mounted.
     volumes = {
         input_volume: {"bind": "/input", "mode": "ro"},
         output_volume: {"bind": "/output", "mode": "rw"},
