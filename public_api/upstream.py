@@ -95,11 +95,17 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        if self._complete:
+            self._unasked()
+            return
         self.received_any = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(BrokenOff(f"the private API sent something that is not HTTP: {exc}"))
+            if self._complete:
+                self._unasked()  # on_message_begin stopped the parser at a second answer
+            else:
+                self._fail(BrokenOff(f"the private API sent something that is not HTTP: {exc}"))
             return
         if self._buffered >= MAX_BUFFERED and not self._reading_paused and self.transport is not None:
             self._reading_paused = True
@@ -120,6 +126,11 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
 
+    def on_message_begin(self) -> None:
+        if self._complete:
+            # Stops the parser at a second answer in the same bytes: feed_data raises HttpParserCallbackError.
+            raise BrokenOff("the private API sent an answer nobody asked for")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.lower(), value))
 
@@ -139,6 +150,10 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     # used by the pool and the response
+
+    def _unasked(self) -> None:
+        """Bytes after a complete answer, before the next request: the connection cannot be trusted any more."""
+        self.close()
 
     def reset(self) -> None:
         """Ready for the next request on the same connection."""

@@ -287,3 +287,23 @@ def test_a_chunked_answer_is_decoded_and_its_connection_reused():
             assert pool.opened == 1
 
     asyncio.run(_serve(chunked, scenario))
+
+
+def test_bytes_after_a_complete_answer_retire_the_connection():
+    async def chatty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nbad")
+        await writer.drain()
+        await asyncio.sleep(2)
+        writer.close()
+
+    async def scenario(url: str) -> None:
+        async with _pool(url) as pool:
+            first = await pool.request("GET", "/x")
+            assert await first.aread(10) == b"ok"
+            second = await pool.request("GET", "/x")
+            assert await second.aread(10) == b"ok"
+            # The unasked-for second answer was never taken for the second request's answer.
+            assert pool.opened == 2
+
+    asyncio.run(_serve(chatty, scenario))
