@@ -605,7 +605,7 @@ class DockerExecutor:
         removed = 0
         label = list(labels)
         try:
-            containers = self.client.containers.list(all=True, filters={"label": label})
+            containers = self.client.containers.list(all=True, sparse=True, filters={"label": label})
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise DockerUnavailable(f"docker failed while listing containers to clean up: {exc}") from exc
         for container in containers:

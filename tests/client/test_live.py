@@ -269,7 +269,7 @@ def stack(
         for service in reversed(services):
             service.stop()
         mine = {"label": f"{CONSUMER_LABEL}={consumer_id}"}
-        for container in engine.containers.list(all=True, filters=mine):
+        for container in engine.containers.list(all=True, sparse=True, filters=mine):
             container.remove(force=True)
         for volume in engine.volumes.list(filters=mine):
             volume.remove(force=True)

@@ -301,6 +301,7 @@ def start_worker(
 def task_leftovers(client: docker.DockerClient, uid: str) -> list[str]:
     """Names of containers and volumes still labelled with the task uid."""
     label = {"label": f"{TASK_LABEL}={uid}"}
-    return [c.name or "" for c in client.containers.list(all=True, filters=label)] + [
+    containers = client.containers.list(all=True, sparse=True, filters=label)
+    return [(c.attrs.get("Names") or [c.id])[0] for c in containers] + [
         v.name or "" for v in client.volumes.list(filters=label)
     ]

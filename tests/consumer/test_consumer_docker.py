@@ -149,7 +149,6 @@ def test_interrupted_fill_is_redone_and_changed_zip_gets_a_new_volume(
     try:
         with pytest.raises(ConnectionError):
             executor.ensure_model_volume(model, broken)
-        assert not consumer_docker.containers.list(all=True, filters={"name": "inference-model-"}) or True
         volume = executor.ensure_model_volume(model, lambda d: d.write_bytes(zip_one.read_bytes()))
         _, output = run_task(executor, model, tmp_path, model_volume=volume)
         assert read_member(output, "weights-seen.txt") == b"one"

@@ -126,7 +126,9 @@ def test_cancel_stops_the_container_within_seconds(
     start_worker()
     private_api.wait(uid, {"running"})
     label = {"label": f"inference-server.task={uid}", "status": "running"}
-    wait_until(lambda: bool(consumer_docker.containers.list(filters=label)), 30, "the model container to run")
+    wait_until(
+        lambda: bool(consumer_docker.containers.list(sparse=True, filters=label)), 30, "the model container to run"
+    )
     assert private_api.http.delete(f"/api/tasks/{uid}").status_code == 200
     cancelled = time.monotonic()
     wait_until(lambda: not task_leftovers(consumer_docker, uid), 15, "the task's container and volumes to go")
@@ -196,7 +198,9 @@ def test_kill_9_mid_task_then_the_task_completes_once(
     first = _consumer_process(private_api, amqp_url, consumer_id, tmp_path)
     try:
         label = {"label": f"inference-server.task={uid}", "status": "running"}
-        wait_until(lambda: bool(consumer_docker.containers.list(filters=label)), 60, "the model container to run")
+        wait_until(
+            lambda: bool(consumer_docker.containers.list(sparse=True, filters=label)), 60, "the model container to run"
+        )
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         assert task_leftovers(consumer_docker, uid), "a killed consumer leaves its task's container behind"
@@ -222,7 +226,9 @@ def test_sigterm_requeues_a_task_that_outlives_the_grace_period(
     process = _consumer_process(private_api, amqp_url, consumer_id, tmp_path, SHUTDOWN_GRACE_SECONDS="1")
     try:
         label = {"label": f"inference-server.task={uid}", "status": "running"}
-        wait_until(lambda: bool(consumer_docker.containers.list(filters=label)), 60, "the model container to run")
+        wait_until(
+            lambda: bool(consumer_docker.containers.list(sparse=True, filters=label)), 60, "the model container to run"
+        )
         process.send_signal(signal.SIGTERM)
         assert process.wait(40) == 0
         assert task_leftovers(consumer_docker, uid) == []
@@ -242,7 +248,9 @@ def test_sigterm_lets_a_short_task_finish(
     process = _consumer_process(private_api, amqp_url, consumer_id, tmp_path, SHUTDOWN_GRACE_SECONDS="60")
     try:
         label = {"label": f"inference-server.task={uid}", "status": "running"}
-        wait_until(lambda: bool(consumer_docker.containers.list(filters=label)), 60, "the model container to run")
+        wait_until(
+            lambda: bool(consumer_docker.containers.list(sparse=True, filters=label)), 60, "the model container to run"
+        )
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
         status = private_api.status(uid)
