@@ -2,37 +2,24 @@
 
 from __future__ import annotations
 
-import importlib.util
-
-import uvicorn
-
+from common.serving import serve
 from common.settings import configure_logging
 from private_api.config import get_settings
 from private_api.main import create_app
-
-
-def fast_server_options() -> tuple[str, str]:
-    """uvicorn's uvloop event loop and httptools parser when installed (the `private-api` extra), else its defaults."""
-    loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "auto"
-    http = "httptools" if importlib.util.find_spec("httptools") is not None else "auto"
-    return loop, http
 
 
 def main() -> None:
     """Run the private API until SIGTERM."""
     settings = get_settings()
     configure_logging(settings.log_level)
-    loop, http = fast_server_options()
-    uvicorn.run(
+    serve(
         create_app(settings),
-        loop=loop,
-        http=http,
         host=settings.host,
         port=settings.port,
-        log_level=settings.log_level.lower(),
+        log_level=settings.log_level,
+        # The public API's relay reuses idle connections for up to 60 s: stay open longer than that.
+        keep_alive_seconds=75,
         timeout_graceful_shutdown=30,
-        # The public API's relay reuses idle connections for up to 60 s (public_api/upstream.py): stay open longer.
-        timeout_keep_alive=75,
     )
 
 
