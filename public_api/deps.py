@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
+import httpx
 from fastapi import Depends, Request
 from fastapi.responses import Response
 
 from public_api.auth import Caller, authenticate
 from public_api.config import Settings
 from public_api.private_client import relay
-from public_api.upstream import UpstreamPool
 
 __all__ = ["CallerDep", "ClientDep", "Relay", "RelayDep", "SettingsDep"]
 
@@ -22,14 +22,14 @@ async def _settings(request: Request) -> Settings:
     return settings
 
 
-async def _client(request: Request) -> UpstreamPool:
+async def _client(request: Request) -> httpx.AsyncClient:
     """The pooled client made in the lifespan."""
-    client: UpstreamPool = request.app.state.client
+    client: httpx.AsyncClient = request.app.state.client
     return client
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
-ClientDep = Annotated[UpstreamPool, Depends(_client)]
+ClientDep = Annotated[httpx.AsyncClient, Depends(_client)]
 
 
 async def _caller(request: Request, settings: SettingsDep) -> Caller:
@@ -45,7 +45,7 @@ class Relay:
     """One incoming public call, ready to be sent on to the private API."""
 
     request: Request
-    client: UpstreamPool
+    client: httpx.AsyncClient
     settings: Settings
     caller: Caller
 

@@ -1,4 +1,4 @@
-"""All the public API says to the private API goes through here: one pooled lean client, streamed both ways."""
+"""All the public API says to the private API goes through here: one pooled httpx client, streamed both ways."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from urllib.parse import quote
 
+import httpx
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
@@ -14,21 +15,17 @@ from starlette.requests import ClientDisconnect
 
 from public_api.config import Settings
 from public_api.errors import RelayError
-from public_api.upstream import (
-    BrokenOff,
-    ConnectFailed,
-    ConnectTimedOut,
-    PoolTimedOut,
-    ReadTimedOut,
-    UpstreamError,
-    UpstreamPool,
-    UpstreamResponse,
-)
 
-__all__ = ["create_client", "probe", "relay"]
+__all__ = ["KEEPALIVE_EXPIRY", "create_client", "probe", "relay"]
 
 log = logging.getLogger(__name__)
 
+# Seconds an idle connection to the private API is reused: below the private API's keep-alive timeout (75 s, see
+# private_api/__main__.py), so the private API never closes a connection just as a request goes out on it. An idle
+# connection the private API did close is noticed (its socket reads EOF) and replaced before it is used.
+KEEPALIVE_EXPIRY = 60.0
+# Body bytes handed on per piece of a download: fewer, larger writes to the caller (at most this much held per request).
+DOWNLOAD_CHUNK = 1024 * 1024
 # Request headers a client may pass on; everything else (X-Internal-Token, X-Owner, cookies...) is dropped.
 _FORWARD_REQUEST = ("content-type", "content-length", "accept", "user-agent", "x-request-id")
 # Hop-by-hop headers, and those the public API's own server sets again.
@@ -54,26 +51,39 @@ _RETRY_AFTER = "10"
 _QUERY_SAFE = "!$&'()*+,;=:@/?%-._~"
 
 
-def create_client(settings: Settings) -> UpstreamPool:
+def create_client(settings: Settings) -> httpx.AsyncClient:
     """The pooled client used for every relayed call; closed in the app's lifespan."""
-    return UpstreamPool(
-        settings.private_api_url,
-        headers={"X-Internal-Token": settings.internal_token},
-        connect_timeout=settings.private_api_connect_timeout,
-        read_timeout=settings.private_api_timeout,
-        pool_timeout=settings.private_api_pool_timeout,
+    # httpx logs every request at INFO; uvicorn's access log already says what was asked.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    timeout = httpx.Timeout(
+        connect=settings.private_api_connect_timeout,
+        read=settings.private_api_timeout,
+        write=settings.private_api_timeout,
+        pool=settings.private_api_pool_timeout,
+    )
+    limits = httpx.Limits(
         max_connections=settings.private_api_max_connections,
-        max_idle=min(50, settings.private_api_max_connections),
+        max_keepalive_connections=min(50, settings.private_api_max_connections),
+        keepalive_expiry=KEEPALIVE_EXPIRY,
+    )
+    return httpx.AsyncClient(
+        base_url=settings.private_api_url,
+        timeout=timeout,
+        limits=limits,
+        # identity: the relay passes bodies on as they are, so it must not ask for a compression the caller did not.
+        headers={"X-Internal-Token": settings.internal_token, "Accept-Encoding": "identity"},
+        follow_redirects=False,
+        trust_env=False,
     )
 
 
-def _request_headers(request: Request, owner: str | None) -> list[tuple[str, str]]:
+def _request_headers(request: Request, owner: str | None) -> dict[str, str]:
     """The headers sent on to the private API: a safe subset of the client's, plus the owner."""
-    headers = [(name, request.headers[name]) for name in _FORWARD_REQUEST if name in request.headers]
+    headers = {name: request.headers[name] for name in _FORWARD_REQUEST if name in request.headers}
     if request.client is not None:
-        headers.append(("x-forwarded-for", request.client.host))
+        headers["X-Forwarded-For"] = request.client.host
     if owner is not None:
-        headers.append(("x-owner", owner))
+        headers["X-Owner"] = owner
     return headers
 
 
@@ -84,13 +94,9 @@ def _target(path: str, query: bytes) -> str:
     return f"{path}?{quote(query, safe=_QUERY_SAFE)}"
 
 
-def _response_headers(upstream: UpstreamResponse) -> dict[str, str]:
+def _response_headers(upstream: httpx.Response) -> dict[str, str]:
     """The private API's response headers without hop-by-hop ones."""
-    return {
-        name.decode("latin-1"): value.decode("latin-1")
-        for name, value in upstream.raw_headers
-        if name.decode("latin-1") not in _DROP_RESPONSE
-    }
+    return {name: value for name, value in upstream.headers.items() if name.lower() not in _DROP_RESPONSE}
 
 
 def _flatten(body: object) -> object:
@@ -103,10 +109,10 @@ def _flatten(body: object) -> object:
     return body
 
 
-async def _error_response(upstream: UpstreamResponse) -> Response:
+async def _error_response(upstream: httpx.Response) -> Response:
     """A small JSON error from the private API, passed on with its status and a flat body."""
     try:
-        raw = await upstream.aread(_MAX_ERROR_BODY)
+        raw = await upstream.aread()
     finally:
         await upstream.aclose()
     headers = _response_headers(upstream)
@@ -119,47 +125,46 @@ async def _error_response(upstream: UpstreamResponse) -> Response:
     return JSONResponse(_flatten(body), status_code=upstream.status_code, headers=headers)
 
 
-async def _stream(upstream: UpstreamResponse) -> AsyncIterator[bytes]:
-    """The private API's body as it arrives (coalesced up to 1 MiB), closing the upstream however the download ends."""
+async def _stream(upstream: httpx.Response) -> AsyncIterator[bytes]:
+    """The private API's body in pieces of up to 1 MiB, closing the upstream response however the download ends."""
     try:
-        async for chunk in upstream.aiter_body():
+        async for chunk in upstream.aiter_raw(DOWNLOAD_CHUNK):
             yield chunk
-    except UpstreamError as exc:
+    except httpx.HTTPError as exc:
         # Headers are already sent: the client sees a short body (Content-Length tells it so); log why.
-        log.warning("private API broke off a download of %s: %s", upstream.path, exc)
+        log.warning("private API broke off a download of %s: %s", upstream.request.url.path, exc)
     finally:
         await upstream.aclose()
 
 
-def _translate(exc: UpstreamError, settings: Settings) -> RelayError:
+def _translate(exc: httpx.HTTPError, settings: Settings) -> RelayError:
     """A transport failure towards the private API as the answer the caller gets."""
-    if isinstance(exc, PoolTimedOut):
+    if isinstance(exc, httpx.PoolTimeout):
         return RelayError(
             503,
             "the public API is at its limit of open requests to the private API; try again shortly",
             {"Retry-After": _RETRY_AFTER},
         )
-    if isinstance(exc, ConnectTimedOut):
+    if isinstance(exc, httpx.ConnectTimeout):
         return RelayError(
             504,
             f"the private API did not accept a connection within {settings.private_api_connect_timeout:g}s",
         )
-    if isinstance(exc, ConnectFailed):
+    if isinstance(exc, httpx.ConnectError):
         return RelayError(
             503,
             "the private API is not reachable (starting or down); try again shortly",
             {"Retry-After": _RETRY_AFTER},
         )
-    if isinstance(exc, ReadTimedOut):
+    if isinstance(exc, httpx.TimeoutException):
         return RelayError(504, f"the private API did not answer within {settings.private_api_timeout:g}s")
-    assert isinstance(exc, BrokenOff)
     return RelayError(502, "the private API broke off the request; try again")
 
 
 async def relay(
     request: Request,
     *,
-    client: UpstreamPool,
+    client: httpx.AsyncClient,
     settings: Settings,
     method: str,
     path: str,
@@ -167,14 +172,16 @@ async def relay(
     with_body: bool = False,
 ) -> Response:
     """Send one public call on to the private API and stream its answer back, status code unchanged."""
+    upstream_request = client.build_request(
+        method,
+        _target(path, request.scope.get("query_string", b"")),
+        headers=_request_headers(request, owner),
+        # Streamed as it arrives: with the caller's Content-Length as is, without one chunked.
+        content=request.stream() if with_body else None,
+    )
     try:
-        upstream = await client.request(
-            method,
-            _target(path, request.scope.get("query_string", b"")),
-            headers=_request_headers(request, owner),
-            body=request.stream() if with_body else None,
-        )
-    except UpstreamError as exc:
+        upstream = await client.send(upstream_request, stream=True)
+    except httpx.HTTPError as exc:
         log.warning("%s %s: private API failed: %s: %s", method, path, type(exc).__name__, exc)
         raise _translate(exc, settings) from exc
     except ClientDisconnect as exc:
@@ -184,8 +191,8 @@ async def relay(
         await upstream.aclose()
         log.error("the private API refused the internal token: INTERNAL_TOKEN differs between the services")
         raise RelayError(502, "the public API is misconfigured (the private API refused it)")
-    length = int(upstream.header("content-length") or _MAX_ERROR_BODY + 1)
-    is_json = upstream.header("content-type").startswith("application/json")
+    length = int(upstream.headers.get("content-length") or _MAX_ERROR_BODY + 1)
+    is_json = upstream.headers.get("content-type", "").startswith("application/json")
     if upstream.status_code >= 400 and is_json and length <= _MAX_ERROR_BODY:
         return await _error_response(upstream)
     return StreamingResponse(
@@ -196,11 +203,10 @@ async def relay(
     )
 
 
-async def probe(client: UpstreamPool) -> str:
+async def probe(client: httpx.AsyncClient) -> str:
     """'ok' when the private API answers its health check, else a short reason."""
     try:
-        response = await client.request("GET", "/healthz", read_timeout=3.0)
-        await response.aread(_MAX_ERROR_BODY)
-    except UpstreamError as exc:
+        response = await client.get("/healthz", timeout=3.0)
+    except httpx.HTTPError as exc:
         return f"unreachable: {type(exc).__name__}"
     return "ok" if response.status_code == 200 else f"unhealthy: HTTP {response.status_code}"
