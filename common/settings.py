@@ -49,3 +49,5 @@ def configure_logging(level: str) -> None:
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # pika narrates every connection at INFO; our own modules say what matters about the broker.
+    logging.getLogger("pika").setLevel(max(logging.getLevelName(level.upper()), logging.WARNING))

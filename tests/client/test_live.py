@@ -13,7 +13,6 @@ import io
 import json
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -23,12 +22,9 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import docker
 import httpx
-import pika
-import pika.exceptions
 import pytest
 
 from inference_client import (
@@ -75,84 +71,22 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _shared(request: pytest.FixtureRequest, name: str) -> Any:
-    """A fixture from tests/conftest.py, or None where there is none."""
-    try:
-        return request.getfixturevalue(name)
-    except pytest.FixtureLookupError:
-        return None
+@pytest.fixture(scope="module")
+def engine(docker_client: docker.DockerClient) -> docker.DockerClient:
+    """The docker engine (tests/conftest.py's `docker_client`)."""
+    return docker_client
 
 
 @pytest.fixture(scope="module")
-def engine(request: pytest.FixtureRequest) -> docker.DockerClient:
-    """The docker engine."""
-    client = _shared(request, "docker_client") or docker.from_env(timeout=120)
-    try:
-        client.ping()
-    except Exception as exc:  # pragma: no cover - a machine without docker
-        pytest.skip(f"no docker engine: {exc}")
-    return client
+def broker(rabbitmq_url: str) -> str:
+    """RabbitMQ (tests/conftest.py's `rabbitmq_url`)."""
+    return rabbitmq_url
 
 
 @pytest.fixture(scope="module")
-def broker(request: pytest.FixtureRequest, engine: docker.DockerClient) -> Iterator[str]:
-    """RabbitMQ: the shared fixture, else RABBITMQ_URL, else a container of our own (removed afterwards)."""
-    shared = _shared(request, "rabbitmq_url") or os.environ.get("RABBITMQ_URL")
-    if shared:
-        yield shared
-        return
-    port = _free_port()
-    container = engine.containers.run(
-        os.environ.get("RABBITMQ_IMAGE", "inference-server-ci/rabbitmq:3"),
-        detach=True,
-        name=f"client-live-rabbitmq-{secrets.token_hex(4)}",
-        ports={"5672/tcp": ("127.0.0.1", port)},
-        labels=LABEL,
-    )
-    url = f"amqp://guest:guest@127.0.0.1:{port}/%2F"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                pika.BlockingConnection(pika.URLParameters(url)).close()
-                break
-            except pika.exceptions.AMQPError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("RabbitMQ did not start") from None
-                time.sleep(1)
-        yield url
-    finally:
-        container.remove(force=True, v=True)
-
-
-def _busybox_base(request: pytest.FixtureRequest, engine: docker.DockerClient) -> str:
-    """A busybox image tag: the shared fixture, the CI stand-in, or one built here from the host's busybox."""
-    shared = _shared(request, "busybox_image")
-    if shared:
-        return str(shared)
-    try:
-        engine.images.get("inference-server-ci/busybox:latest")
-        return "inference-server-ci/busybox:latest"
-    except docker.errors.ImageNotFound:
-        pass
-    binary = next((p for p in (Path("/bin/busybox"), Path("/usr/bin/busybox")) if p.exists()), None)
-    if binary is None:
-        pytest.skip("no busybox image and no busybox binary to build one (apt-get install busybox-static)")
-    tag = "inference-server-test/client-busybox:latest"
-    with tempfile.TemporaryDirectory() as tmp:
-        shutil.copy2(binary, Path(tmp) / "busybox")
-        (Path(tmp) / "Dockerfile").write_text(
-            'FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox", "sh", "-c", '
-            '"/bin/busybox --install -s /bin && mkdir -p /tmp && chmod 1777 /tmp"]\nENV PATH=/bin\nCMD ["sh"]\n'
-        )
-        engine.images.build(path=tmp, tag=tag, rm=True, forcerm=True, labels=LABEL)
-    return tag
-
-
-@pytest.fixture(scope="module")
-def images(request: pytest.FixtureRequest, engine: docker.DockerClient) -> dict[str, str]:
+def images(busybox_image: str, engine: docker.DockerClient) -> dict[str, str]:
     """One tiny model image per script, tagged by content (reused across runs, never shared by name)."""
-    base = _busybox_base(request, engine)
+    base = busybox_image
     tags: dict[str, str] = {}
     for name, script in SCRIPTS.items():
         digest = hashlib.sha256((base + script).encode()).hexdigest()[:12]

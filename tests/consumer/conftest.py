@@ -29,23 +29,10 @@ from job_consumer.worker import Worker
 from tests.images.build import build_model_images
 
 
-def _shared(request: pytest.FixtureRequest, name: str) -> Any:
-    """A session fixture from tests/conftest.py, or None while it does not exist yet."""
-    try:
-        return request.getfixturevalue(name)
-    except pytest.FixtureLookupError:
-        return None
-
-
 @pytest.fixture(scope="session")
-def consumer_docker(request: pytest.FixtureRequest) -> docker.DockerClient:
-    """The docker engine (the shared `docker_client` fixture when there is one)."""
-    client = _shared(request, "docker_client") or docker.from_env(timeout=120)
-    try:
-        client.ping()
-    except Exception as exc:  # pragma: no cover - environment without docker
-        pytest.skip(f"no docker engine: {exc}")
-    return client
+def consumer_docker(docker_client: docker.DockerClient) -> docker.DockerClient:
+    """The docker engine (tests/conftest.py's `docker_client`)."""
+    return docker_client
 
 
 @pytest.fixture(scope="session")
@@ -84,35 +71,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def amqp_url(request: pytest.FixtureRequest, consumer_docker: docker.DockerClient) -> Iterator[str]:
-    """RabbitMQ: the shared `rabbitmq_url` fixture, else RABBITMQ_URL, else a container of our own."""
-    shared = _shared(request, "rabbitmq_url") or os.environ.get("RABBITMQ_URL")
-    if shared:
-        yield shared
-        return
-    image = os.environ.get("RABBITMQ_IMAGE", "inference-server-ci/rabbitmq:3")
-    port = _free_port()
-    container = consumer_docker.containers.run(
-        image,
-        detach=True,
-        name=f"consumer-tests-rabbitmq-{secrets.token_hex(4)}",
-        ports={"5672/tcp": ("127.0.0.1", port)},
-        labels={"inference-server.test": "consumer"},
-    )
-    url = f"amqp://guest:guest@127.0.0.1:{port}/%2F"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                pika.BlockingConnection(pika.URLParameters(url)).close()
-                break
-            except pika.exceptions.AMQPError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("RabbitMQ did not start") from None
-                time.sleep(1)
-        yield url
-    finally:
-        container.remove(force=True, v=True)
+def amqp_url(rabbitmq_url: str) -> str:
+    """RabbitMQ (tests/conftest.py's `rabbitmq_url`)."""
+    return rabbitmq_url
 
 
 def purge_queues(url: str) -> None:
