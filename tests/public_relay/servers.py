@@ -1,13 +1,15 @@
-"""Real HTTP servers for the relay's tests: uvicorn in a thread, and `python -m public_api` as a process."""
+"""Real servers for the relay's tests: uvicorn in a thread, a raw TCP upstream, and `python -m public_api`."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -48,6 +50,59 @@ class ThreadServer:
         """Stop serving and wait for the thread."""
         self.server.should_exit = True
         self.thread.join(timeout=15)
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class RawServer:
+    """A plain TCP server whose connections `handler` serves byte by byte: an upstream that can misbehave."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.server: asyncio.Server | None = None
+        self.url = ""
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Count the connection, run the handler, close it."""
+        self.connections += 1
+        self._writers.add(writer)
+        try:
+            await self.handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    def start(self) -> RawServer:
+        """Listen on a free port of 127.0.0.1."""
+        self.thread.start()
+        started = asyncio.run_coroutine_threadsafe(asyncio.start_server(self._serve, "127.0.0.1", 0), self.loop)
+        self.server = started.result(timeout=10)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    def stop(self) -> None:
+        """Stop listening, drop open connections, end the thread."""
+
+        async def close() -> None:
+            if self.server is not None:
+                self.server.close()
+            for writer in list(self._writers):
+                writer.close()
+            current = asyncio.current_task()
+            for task in asyncio.all_tasks():
+                if task is not current:
+                    task.cancel()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
 
 
 class ProcessServer:

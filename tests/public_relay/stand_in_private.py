@@ -23,6 +23,8 @@ class StandIn:
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     seen_headers: list[dict[str, str]] = field(default_factory=list)
     seen_paths: list[str] = field(default_factory=list)
+    # The (host, port) each request came from: one port per connection the relay opened.
+    seen_peers: list[tuple[str, int]] = field(default_factory=list)
     delay: float = 0.0
     output_size: int = 1024
 
@@ -53,6 +55,8 @@ def create_stand_in(state: StandIn) -> FastAPI:
     async def check_token(request: Request, call_next: Any) -> Response:
         state.seen_headers.append({k.lower(): v for k, v in request.headers.items()})
         state.seen_paths.append(request.url.path + ("?" + request.url.query if request.url.query else ""))
+        if request.client is not None:
+            state.seen_peers.append((request.client.host, request.client.port))
         if state.delay:
             await asyncio.sleep(state.delay)
         if request.url.path != "/healthz" and request.headers.get("x-internal-token") != TOKEN:
@@ -95,6 +99,10 @@ def create_stand_in(state: StandIn) -> FastAPI:
     @app.post("/api/tasks/")
     async def post_task(request: Request) -> Response:
         hid = request.query_params.get("human_readable_id") or request.query_params.get("model_human_readable_id")
+        declared = request.headers.get("content-length", "")
+        if hid == "tiny" and declared.isdigit() and int(declared) > 1024:
+            # Refused by its declared size, before a byte of it is read (as the private API does).
+            return _error(413, "upload is larger than the maximum of 1024 bytes")
         size, sha = await body_digest(request)
         if hid not in state.models:
             return _error(550, f"no model {hid!r}")
