@@ -25,6 +25,7 @@ class Settings(ServiceSettings):
     max_zip_files: int = Field(default=100_000, gt=0)
     max_zip_ratio: float = Field(default=200.0, gt=1)
     max_log_bytes: int = Field(default=1024 * 1024, gt=0)
+    max_queued_tasks: int = Field(default=10_000, gt=0)
 
     lease_seconds: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)

@@ -210,6 +210,12 @@ def unpublished_tasks(session: Session, *, limit: int) -> list[Task]:
     return list(session.scalars(query))
 
 
+def count_pending(session: Session) -> int:
+    """How many tasks wait to run."""
+    query = select(func.count()).select_from(Task).where(Task.status == "pending", Task.deleted.is_(False))
+    return int(session.scalar(query) or 0)
+
+
 def count_unpublished(session: Session) -> int:
     """How many pending tasks wait for the broker."""
     query = select(func.count()).select_from(Task).where(Task.published_at.is_(None), Task.status == "pending")

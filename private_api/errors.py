@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -19,6 +19,8 @@ class ApiError(Exception):
     """An answer other than success: a status code, a message and optional extra fields."""
 
     status_code = 500
+
+    headers: ClassVar[dict[str, str] | None] = None
 
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)
@@ -80,6 +82,13 @@ class UploadTooLarge(ApiError):
     status_code = 413
 
 
+class QueueFull(ApiError):
+    """Too many tasks wait already; the client should come back later."""
+
+    status_code = 503
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "30"}
+
+
 class InvalidRequest(ApiError):
     """Query fields that do not make sense together."""
 
@@ -100,7 +109,7 @@ class Unauthorized(ApiError):
 
 def as_response(exc: ApiError) -> JSONResponse:
     """The answer for an ApiError: flat JSON {"detail": ..., **extra}."""
-    return JSONResponse({"detail": exc.detail, **exc.extra}, status_code=exc.status_code)
+    return JSONResponse({"detail": exc.detail, **exc.extra}, status_code=exc.status_code, headers=exc.headers)
 
 
 def install_handlers(app: FastAPI) -> None:

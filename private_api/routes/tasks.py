@@ -28,6 +28,7 @@ from private_api.errors import (
     InvalidRequest,
     ModelNotFound,
     NoOutput,
+    QueueFull,
     TaskFailed,
     TaskNotFound,
     TaskPending,
@@ -82,6 +83,8 @@ async def create_task(
     if not hid:
         raise InvalidRequest("give the model as the query parameter human_readable_id (or model_human_readable_id)")
     await run_in_threadpool(crud.get_model, session, hid=hid)
+    if await run_in_threadpool(crud.count_pending, session) >= settings.max_queued_tasks:
+        raise QueueFull(f"{settings.max_queued_tasks} tasks are waiting already; try again later")
     zip_in = await receive_zip(
         request, storage=storage, max_bytes=settings.max_upload_bytes, limits=settings.zip_limits
     )

@@ -116,3 +116,20 @@ def test_data_survives_a_restart(settings: Settings) -> None:
     with TestClient(create_app(settings), headers=AUTH) as second:
         assert second.get(f"/api/tasks/{uid}").status_code == 551
         assert second.get("/api/models/m").status_code == 200
+
+
+def test_full_queue_answers_503_with_retry_after(settings: Settings) -> None:
+    from private_api.main import create_app
+    from tests.private_api.conftest import AUTH
+
+    small = settings.model_copy(update={"max_queued_tasks": 2})
+    with TestClient(create_app(small), headers=AUTH) as api:
+        add_model(api, "m")
+        first = submit(api, "m")
+        submit(api, "m")
+        full = api.post("/api/tasks", params={"human_readable_id": "m"}, files={"zip_file": ("a.zip", make_zip())})
+        assert full.status_code == 503
+        assert int(full.headers["retry-after"]) > 0 and "try again later" in full.json()["detail"]
+        assert api.get("/api/tasks").json()["total"] == 2
+        api.delete(f"/api/tasks/{first}")
+        submit(api, "m")
