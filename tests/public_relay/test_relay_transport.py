@@ -137,9 +137,8 @@ def test_a_download_broken_off_midway_ends_short(
         assert res.headers["content-length"] == "1000"
         for chunk in res.iter_raw():
             received += chunk
-    # The caller learns it is short (what arrived before the break may still sit in the relay's 1 MiB piece).
-    assert received == b"a" * len(received)
-    assert len(received) < 1000
+    # What arrived before the break was passed on; the caller learns the body is short.
+    assert received == b"a" * 10
 
 
 def test_an_upstream_that_speaks_no_http_is_502_and_a_silent_one_504(
