@@ -1,4 +1,4 @@
-"""Database tables: models and tasks. The tasks table is also the publishing outbox (`published_at`)."""
+"""Database tables: models, tasks and consumers. The tasks table is also the publishing outbox (`published_at`)."""
 
 from __future__ import annotations
 
@@ -63,6 +63,10 @@ class Model(Base):
     shm_size: Mapped[str] = mapped_column(String(32))
     cpus: Mapped[float] = mapped_column(Float)
     network: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Docker size string; the consumer stops reading the output past it and fails the task.
+    max_output_size: Mapped[str] = mapped_column(String(32), default="50g")
+    # `uid[:gid]` the model runs as; None means the consumer's non-root default.
+    user: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -104,3 +108,29 @@ class Task(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The readable CONSUMER_ID of the holder; `consumer_id` is the holder's unique instance id.
+    consumer_name: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    # Releases for reasons of the host (GPU, disk, registry, engine): they give the attempt back, and are bounded.
+    infra_retries: Mapped[int] = mapped_column(Integer, default=0)
+    # Not to be published or claimed before this (backoff after an infrastructure release).
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # JSON list of what happened to earlier attempts: {"attempt", "consumer", "reason", "infrastructure", "at"}.
+    history: Mapped[str] = mapped_column(Text, default="[]")
+
+
+class Consumer(Base):
+    """A running job consumer instance, as last reported by its own heartbeat."""
+
+    __tablename__ = "consumers"
+
+    instance_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    name: Mapped[str] = mapped_column(String(256))
+    host: Mapped[str] = mapped_column(String(256), default="")
+    # JSON list of the queue names it reads now (a GPU consumer whose GPU is unusable reads only the CPU queue).
+    queues: Mapped[str] = mapped_column(Text, default="[]")
+    gpu_device: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    gpu_usable: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    gpu_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    free_disk_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
