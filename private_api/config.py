@@ -8,10 +8,10 @@ from pathlib import Path
 from pydantic import Field
 
 from common.settings import ServiceSettings
-from common.zips import ZipLimits
+from common.zips import ZipSettings
 
 
-class Settings(ServiceSettings):
+class Settings(ServiceSettings, ZipSettings):
     """Everything the private API reads from its environment."""
 
     host: str = "0.0.0.0"
@@ -21,11 +21,10 @@ class Settings(ServiceSettings):
     rabbitmq_url: str = "amqp://guest:guest@localhost:5672/%2F"
 
     max_upload_bytes: int = Field(default=20 * 1024**3, gt=0)
-    max_zip_total_bytes: int = Field(default=64 * 1024**3, gt=0)
-    max_zip_files: int = Field(default=100_000, gt=0)
-    max_zip_ratio: float = Field(default=200.0, gt=1)
     max_log_bytes: int = Field(default=1024 * 1024, gt=0)
     max_queued_tasks: int = Field(default=10_000, gt=0)
+    upload_idle_timeout_seconds: float = Field(default=300.0, gt=0)
+    min_free_disk_bytes: int = Field(default=1024**3, ge=0)
 
     lease_seconds: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
@@ -37,13 +36,9 @@ class Settings(ServiceSettings):
         return self.database_url or f"sqlite:///{self.data_dir / 'inference.sqlite3'}"
 
     @property
-    def zip_limits(self) -> ZipLimits:
-        """Limits that an uploaded zip must stay within."""
-        return ZipLimits(
-            max_total_size=self.max_zip_total_bytes,
-            max_files=self.max_zip_files,
-            max_ratio=self.max_zip_ratio,
-        )
+    def zip_limits(self) -> ZipSettings:
+        """Limits that an uploaded zip must stay within (the MAX_ZIP_* fields this class inherits)."""
+        return self
 
 
 @lru_cache

@@ -8,10 +8,11 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
+from common.settings import valid_uid
 from private_api.config import Settings
-from private_api.errors import Unauthorized
+from private_api.errors import TaskNotFound, Unauthorized, UnknownTask
 from private_api.publisher import Publisher
 from private_api.storage import Storage
 
@@ -19,6 +20,11 @@ from private_api.storage import Storage
 def _session(request: Request) -> Iterator[Session]:
     with request.app.state.sessions() as session:
         yield session
+
+
+async def _sessions(request: Request) -> sessionmaker[Session]:
+    sessions: sessionmaker[Session] = request.app.state.sessions
+    return sessions
 
 
 # The trivial dependencies are async: a plain `def` would cost a thread hop on every request.
@@ -37,16 +43,25 @@ async def _publisher(request: Request) -> Publisher:
     return publisher
 
 
-def check_internal_token(request: Request, token: str | None) -> None:
-    """Unauthorized unless token is the shared internal token."""
+async def require_internal_token(request: Request, x_internal_token: Annotated[str | None, Header()] = None) -> None:
+    """Every /api and /internal call carries the shared internal token."""
     expected: str = request.app.state.settings.internal_token
-    if not token or not secrets.compare_digest(token.encode(), expected.encode()):
+    if not x_internal_token or not secrets.compare_digest(x_internal_token.encode(), expected.encode()):
         raise Unauthorized("missing or wrong X-Internal-Token")
 
 
-async def require_internal_token(request: Request, x_internal_token: Annotated[str | None, Header()] = None) -> None:
-    """Every /api and /internal call carries the shared internal token."""
-    check_internal_token(request, x_internal_token)
+async def _task_uid(uid: str) -> str:
+    """The uid path parameter; TaskNotFound (554) when it cannot be a task uid."""
+    if not valid_uid(uid):
+        raise TaskNotFound(f"no task {uid!r}")
+    return uid
+
+
+async def _internal_task_uid(uid: str) -> str:
+    """The uid path parameter of a consumer call; UnknownTask (404) when it cannot be a task uid."""
+    if not valid_uid(uid):
+        raise UnknownTask(f"no task {uid!r}")
+    return uid
 
 
 async def _owner(x_owner: Annotated[str | None, Header(max_length=128)] = None) -> str | None:
@@ -58,7 +73,12 @@ async def _engine(request: Request) -> Engine:
     return engine
 
 
-SessionDep = Annotated[Session, Depends(_session)]
+# scope="function": the session (and its pooled connection) closes when the route returns, before a streamed answer
+# is sent. Routes that stream a request body take SessionsDep instead and open short sessions around the stream.
+SessionDep = Annotated[Session, Depends(_session, scope="function")]
+SessionsDep = Annotated[sessionmaker[Session], Depends(_sessions)]
+TaskUid = Annotated[str, Depends(_task_uid)]
+InternalTaskUid = Annotated[str, Depends(_internal_task_uid)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 StorageDep = Annotated[Storage, Depends(_storage)]
 PublisherDep = Annotated[Publisher, Depends(_publisher)]

@@ -82,6 +82,19 @@ class UploadTooLarge(ApiError):
     status_code = 413
 
 
+class UploadTimeout(ApiError):
+    """The client sent nothing for UPLOAD_IDLE_TIMEOUT_SECONDS; the upload was dropped."""
+
+    status_code = 408
+
+
+class DiskFull(ApiError):
+    """The server's disk is too full to store the upload; nothing was kept."""
+
+    status_code = 507
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "300"}
+
+
 class QueueFull(ApiError):
     """Too many tasks wait already; the client should come back later."""
 

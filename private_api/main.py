@@ -30,7 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = make_engine(settings.db_url)
         await run_in_threadpool(migrate, engine)
         app.state.settings = settings
-        app.state.storage = Storage(settings.data_dir)
+        app.state.storage = Storage(settings.data_dir, min_free_bytes=settings.min_free_disk_bytes)
         app.state.storage.clean_temp()
         app.state.engine = engine
         app.state.sessions = make_sessionmaker(engine)
@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redirect_slashes=False,
     )
     install_handlers(app)
-    for router in (tasks.poll_router, models.router, tasks.router, consumer.router, health.router):
+    for router in (models.router, tasks.router, consumer.router, health.router):
         app.include_router(router)
     app.add_middleware(StripTrailingSlash)
     return app

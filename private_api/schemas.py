@@ -132,3 +132,50 @@ class ReleaseIn(BaseModel):
 
     consumer_id: str = Field(min_length=1, max_length=256)
     reason: str = Field(default="consumer shut down", max_length=1000)
+
+
+class ModelIn(ModelLimits):
+    """The query fields of registering a model."""
+
+    container_tag: str = Field(min_length=1, max_length=512)
+    human_readable_id: str = Field(pattern=HID_PATTERN, description="stable id: letters, digits, ._-")
+    description: str = Field(default="", max_length=10_000)
+    model_available: bool | None = None
+    use_gpu: bool = True
+
+    @field_validator("container_tag")
+    @classmethod
+    def _tag(cls, value: str) -> str:
+        return check_container_tag(value)
+
+    def limits(self) -> ModelLimits:
+        """Only the run limits."""
+        return ModelLimits(**self.model_dump(include=set(ModelLimits.model_fields)))
+
+
+class ModelUpdate(BaseModel):
+    """The query fields of changing a model: only those given change."""
+
+    container_tag: str | None = Field(default=None, min_length=1, max_length=512)
+    description: str | None = Field(default=None, max_length=10_000)
+    model_available: bool | None = None
+    use_gpu: bool | None = None
+    timeout: int | None = Field(default=None, ge=1, le=MAX_TIMEOUT)
+    mem_limit: str | None = None
+    shm_size: str | None = None
+    cpus: float | None = Field(default=None, gt=0, le=512)
+    network: bool | None = None
+
+    @field_validator("container_tag")
+    @classmethod
+    def _tag(cls, value: str | None) -> str | None:
+        return None if value is None else check_container_tag(value)
+
+    @field_validator("mem_limit", "shm_size")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        return None if value is None else ModelLimits._size(value)
+
+    def changes(self) -> dict[str, object]:
+        """The model's columns to change (model_available is not a column: the zip decides it)."""
+        return self.model_dump(exclude_none=True, exclude={"model_available"})

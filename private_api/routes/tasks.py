@@ -7,41 +7,29 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, PlainTextResponse
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from common.settings import valid_uid
 from private_api import crud
 from private_api.deps import (
+    EngineDep,
     InternalAuth,
     OwnerDep,
     PublisherDep,
     SessionDep,
+    SessionsDep,
     SettingsDep,
     StorageDep,
-    check_internal_token,
+    TaskUid,
 )
-from private_api.errors import (
-    ApiError,
-    InvalidRequest,
-    ModelNotFound,
-    NoOutput,
-    QueueFull,
-    TaskFailed,
-    TaskNotFound,
-    TaskPending,
-    as_response,
-)
-from private_api.orm import Task
-from private_api.routes.uploads import ZIP_FORM, receive_zip
+from private_api.errors import InvalidRequest, ModelNotFound, NoOutput, QueueFull, TaskFailed, TaskNotFound, TaskPending
+from private_api.routes.uploads import ZIP_FORM, disk_errors, receive_zip
 from private_api.schemas import HID_PATTERN, TaskOut, TaskPage, TaskStatus
 from private_api.storage import Received, Storage, land
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"], dependencies=[InternalAuth])
-# Polling is the hottest call, so it skips dependency injection (a third of its cost): see get_task_output.
-poll_router = APIRouter(prefix="/api/tasks", tags=["tasks"])
 
 LOG_TAIL_BYTES = 4000
 
@@ -52,23 +40,37 @@ class ZipFileResponse(FileResponse):
     chunk_size = 1024 * 1024
 
 
-def _store(session: Session, storage: Storage, uid: str, model_hid: str, owner: str | None, zip_in: Received) -> None:
-    model = crud.get_model(session, hid=model_hid)
+def _admit(sessions: sessionmaker[Session], hid: str, max_queued: int) -> None:
+    """ModelNotFound or QueueFull before the body is read (a short session: none is held while it streams)."""
+    with sessions() as session:
+        crud.get_model(session, hid=hid)
+        if crud.count_pending(session) >= max_queued:
+            raise QueueFull(f"{max_queued} tasks are waiting already; try again later")
+
+
+def _store(
+    sessions: sessionmaker[Session], storage: Storage, uid: str, hid: str, owner: str | None, zip_in: Received
+) -> None:
+    """Land the input zip and commit the task row (the file is in place before the row says so)."""
     final = storage.input_path(uid)
-    land(zip_in.path, final)
-    try:
-        crud.create_task(session, uid=uid, model=model, owner=owner, input_size=zip_in.size, input_sha256=zip_in.sha256)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        final.unlink(missing_ok=True)
-        raise
+    with disk_errors(), sessions() as session:
+        model = crud.get_model(session, hid=hid)
+        land(zip_in.path, final)
+        try:
+            crud.create_task(
+                session, uid=uid, model=model, owner=owner, input_size=zip_in.size, input_sha256=zip_in.sha256
+            )
+            session.commit()
+        except BaseException:
+            session.rollback()
+            final.unlink(missing_ok=True)
+            raise
 
 
 @router.post("", response_model=str, openapi_extra=ZIP_FORM)
 async def create_task(
     request: Request,
-    session: SessionDep,
+    sessions: SessionsDep,
     settings: SettingsDep,
     storage: StorageDep,
     publisher: PublisherDep,
@@ -82,17 +84,13 @@ async def create_task(
     hid = human_readable_id or model_human_readable_id
     if not hid:
         raise InvalidRequest("give the model as the query parameter human_readable_id (or model_human_readable_id)")
-    await run_in_threadpool(crud.get_model, session, hid=hid)
-    if await run_in_threadpool(crud.count_pending, session) >= settings.max_queued_tasks:
-        raise QueueFull(f"{settings.max_queued_tasks} tasks are waiting already; try again later")
-    zip_in = await receive_zip(
-        request, storage=storage, max_bytes=settings.max_upload_bytes, limits=settings.zip_limits
-    )
+    await run_in_threadpool(_admit, sessions, hid, settings.max_queued_tasks)
+    zip_in = await receive_zip(request, storage=storage, settings=settings)
     if zip_in is None:
         raise InvalidRequest("send the input zip as the multipart file field zip_file")
     uid = secrets.token_urlsafe(24)
     try:
-        await run_in_threadpool(_store, session, storage, uid, hid, owner, zip_in)
+        await run_in_threadpool(_store, sessions, storage, uid, hid, owner, zip_in)
     finally:
         zip_in.path.unlink(missing_ok=True)
     publisher.wake()
@@ -113,12 +111,6 @@ def list_tasks(
     return TaskPage(items=[crud.task_out(t) for t in tasks], total=total)
 
 
-def _task(session: Session, uid: str, owner: str | None) -> Task:
-    if not valid_uid(uid):
-        raise TaskNotFound(f"no task {uid!r}")
-    return crud.get_task(session, uid=uid, owner=owner)
-
-
 def _log_tail(storage: Storage, uid: str) -> str:
     path = storage.log_path(uid)
     if not path.exists():
@@ -128,30 +120,27 @@ def _log_tail(storage: Storage, uid: str) -> str:
         return log.read().decode(errors="replace")
 
 
-def _poll(engine: Engine, storage: Storage, uid: str, owner: str | None) -> Path | ApiError:
-    """The output zip of a finished task, or the error that answers the poll (one database round trip)."""
-    if not valid_uid(uid):
-        return TaskNotFound(f"no task {uid!r}")
+def _poll(engine: Engine, storage: Storage, uid: str, owner: str | None) -> Path:
+    """The output zip of a finished task, or the domain error that answers the poll (one query, no session kept)."""
     with engine.connect() as connection:
         row = crud.poll(connection, uid=uid)
     if row is None or row.deleted or (owner is not None and row.owner != owner):
-        return TaskNotFound(f"no task {uid!r}")
+        raise TaskNotFound(f"no task {uid!r}")
     if row.status == "finished":
         output = storage.output_path(uid)
-        return output if output.exists() else NoOutput("the task finished, but its output zip is missing")
+        if not output.exists():
+            raise NoOutput("the task finished, but its output zip is missing")
+        return output
     if row.model_exists is None:
-        return ModelNotFound(f"the task's model {row.model_hid!r} no longer exists")
+        raise ModelNotFound(f"the task's model {row.model_hid!r} no longer exists")
     if row.status in ("pending", "running"):
-        return TaskPending(f"task is {row.status}", status=row.status)
-    return TaskFailed(
-        row.error or "the task failed",
-        reason=row.error,
-        exit_code=row.exit_code,
-        log_tail=_log_tail(storage, uid),
+        raise TaskPending(f"task is {row.status}", status=row.status)
+    raise TaskFailed(
+        row.error or "the task failed", reason=row.error, exit_code=row.exit_code, log_tail=_log_tail(storage, uid)
     )
 
 
-@poll_router.get(
+@router.get(
     "/{uid}",
     response_class=ZipFileResponse,
     responses={
@@ -163,38 +152,32 @@ def _poll(engine: Engine, storage: Storage, uid: str, owner: str | None) -> Path
         554: {"description": "no such task, or deleted"},
     },
 )
-async def get_task_output(uid: str, request: Request) -> Response:
-    """Poll a task; when it is finished, the answer is its output zip (streamed)."""
-    # The hottest call: no dependency injection, one thread hop, one query, no exception machinery.
-    check_internal_token(request, request.headers.get("x-internal-token"))
-    state = request.app.state
-    owner = request.headers.get("x-owner") or None
-    found = await run_in_threadpool(_poll, state.engine, state.storage, uid, owner)
-    if isinstance(found, ApiError):
-        return as_response(found)
-    return ZipFileResponse(found, media_type="application/zip", filename=f"{uid}.zip")
+async def get_task_output(uid: TaskUid, engine: EngineDep, storage: StorageDep, owner: OwnerDep) -> ZipFileResponse:
+    """Poll a task; when it is finished, the answer is its output zip (streamed, no database connection held)."""
+    output = await run_in_threadpool(_poll, engine, storage, uid, owner)
+    return ZipFileResponse(output, media_type="application/zip", filename=f"{uid}.zip")
 
 
 @router.get("/{uid}/status", response_model=TaskOut)
-def get_task_status(uid: str, session: SessionDep, owner: OwnerDep) -> TaskOut:
+def get_task_status(uid: TaskUid, session: SessionDep, owner: OwnerDep) -> TaskOut:
     """A task's status, timestamps, queue position, attempt, exit code and error."""
-    task = _task(session, uid, owner)
+    task = crud.get_task(session, uid=uid, owner=owner)
     return crud.task_out(task, position=crud.queue_position(session, task))
 
 
 @router.get("/{uid}/logs", response_class=PlainTextResponse)
-def get_task_logs(uid: str, session: SessionDep, storage: StorageDep, owner: OwnerDep) -> PlainTextResponse:
+def get_task_logs(uid: TaskUid, session: SessionDep, storage: StorageDep, owner: OwnerDep) -> PlainTextResponse:
     """What the model container wrote to stdout and stderr (the last MAX_LOG_BYTES of it)."""
-    _task(session, uid, owner)
+    crud.get_task(session, uid=uid, owner=owner)
     path = storage.log_path(uid)
     text = path.read_bytes().decode(errors="replace") if path.exists() else ""
     return PlainTextResponse(text)
 
 
 @router.delete("/{uid}")
-def delete_task(uid: str, session: SessionDep, storage: StorageDep, owner: OwnerDep) -> dict[str, str]:
+def delete_task(uid: TaskUid, session: SessionDep, storage: StorageDep, owner: OwnerDep) -> dict[str, str]:
     """Cancel a task (a running container is stopped) and delete its data."""
-    task = _task(session, uid, owner)
+    task = crud.get_task(session, uid=uid, owner=owner)
     crud.cancel_task(session, task)
     session.commit()
     storage.remove_task_files(uid)

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from common.zips import UnsafeZipError, ZipLimits, check_zip, safe_extract
+from common.zips import ExtractionFailed, UnsafeZipError, ZipSettings, check_zip, safe_extract
+from tests.faults.bad_zips import BAD_ZIPS
 
-LIMITS = ZipLimits(max_total_size=10 * 1024**2, max_files=10, max_ratio=100)
+LIMITS = ZipSettings(max_zip_total_bytes=10 * 1024**2, max_zip_files=40, max_zip_ratio=100)
 
 
 def _zip(path: Path, entries: list[tuple[zipfile.ZipInfo | str, bytes]], method: int = zipfile.ZIP_DEFLATED) -> Path:
@@ -61,8 +62,8 @@ def test_unsafe_entries_are_refused(tmp_path: Path, entry: zipfile.ZipInfo | str
 
 
 def test_limits(tmp_path: Path) -> None:
-    many = _zip(tmp_path / "many.zip", [(f"f{i}", b"") for i in range(11)])
-    with pytest.raises(UnsafeZipError, match="11 entries"):
+    many = _zip(tmp_path / "many.zip", [(f"f{i}", b"") for i in range(41)])
+    with pytest.raises(UnsafeZipError, match="41 entries"):
         check_zip(many, LIMITS)
     bomb = _zip(tmp_path / "bomb.zip", [("z", b"\0" * (5 * 1024**2))])
     with pytest.raises(UnsafeZipError, match="zip bomb"):
@@ -91,6 +92,35 @@ def test_lying_directory_is_caught_while_extracting(tmp_path: Path) -> None:
     central = raw.rfind(b"PK\x01\x02")
     raw[central + 24 : central + 28] = (10).to_bytes(4, "little")  # uncompressed size in the directory: 10
     (tmp_path / "liar.zip").write_bytes(raw)
-    limits = ZipLimits(max_total_size=1024**2, max_files=10, max_ratio=1000)
+    limits = ZipSettings(max_zip_total_bytes=1024**2, max_zip_files=10, max_zip_ratio=1000)
     with pytest.raises(UnsafeZipError):
         safe_extract(tmp_path / "liar.zip", tmp_path / "out", limits)
+
+
+@pytest.mark.parametrize("case", list(BAD_ZIPS))
+def test_zips_the_consumer_cannot_extract_are_refused_naming_the_entry(tmp_path: Path, case: str) -> None:
+    data, words = BAD_ZIPS[case]
+    (tmp_path / "bad.zip").write_bytes(data)
+    with pytest.raises(UnsafeZipError) as refused:
+        check_zip(tmp_path / "bad.zip", LIMITS)
+    for word in words:
+        assert word in str(refused.value), (word, str(refused.value))
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_supported_methods_and_ordinary_trees_pass(tmp_path: Path, method: int) -> None:
+    source = _zip(tmp_path / "ok.zip", [("scan/", b""), ("scan/a.txt", b"a"), ("scan/sub/b.txt", b"b")], method)
+    assert check_zip(source, LIMITS).files == 3
+    safe_extract(source, tmp_path / "out", LIMITS)
+    assert (tmp_path / "out/scan/sub/b.txt").read_bytes() == b"b"
+
+
+def test_a_write_error_is_not_an_unsafe_zip(tmp_path: Path) -> None:
+    """A disk that refuses the bytes (here: a read-only folder) is the host's problem, not the zip's."""
+    source = _zip(tmp_path / "ok.zip", [("a.txt", b"a")])
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the folder should be")
+    with pytest.raises(ExtractionFailed) as failed:
+        safe_extract(source, blocked / "out", LIMITS)
+    assert not isinstance(failed.value, UnsafeZipError)
+    assert isinstance(failed.value, OSError)

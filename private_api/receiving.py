@@ -1,0 +1,260 @@
+"""Receiving an upload: the body streams into a temp file, hashed and counted on the way; a failure leaves nothing.
+
+Multipart bodies go through python-multipart's streaming parser. The file is written in large pieces by one worker
+thread per upload, so memory stays bounded whatever the size. A client that sends nothing for
+UPLOAD_IDLE_TIMEOUT_SECONDS is dropped (408); a disk below MIN_FREE_DISK_BYTES or a full disk answers 507.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from anyio import to_thread
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+from private_api.errors import ApiError, BadUpload, DiskFull, UploadTimeout, UploadTooLarge
+
+if TYPE_CHECKING:
+    from private_api.storage import Storage
+
+__all__ = ["Received", "disk_full", "receive_body", "receive_multipart_file"]
+
+_FLUSH_BYTES = 4 * 1024 * 1024
+_DRAIN_BYTES = 256 * 1024**2
+_SLACK_BYTES = 64 * 1024  # multipart framing around the file
+
+
+@dataclass(frozen=True)
+class Received:
+    """An upload that landed in a temp file."""
+
+    path: Path
+    size: int
+    sha256: str
+
+
+def disk_full(exc: BaseException) -> DiskFull | None:
+    """The DiskFull answer for an OSError that says the disk (or a quota) is full, else None."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull("the server's disk is full; nothing was stored, try again later")
+    return None
+
+
+class _Sink:
+    """A temp file written in large pieces from a worker thread, hashed and counted as it goes."""
+
+    def __init__(self, path: Path, max_bytes: int, storage: Storage) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.storage = storage
+        self.size = 0
+        self.hash = hashlib.sha256()
+        self.buffer = bytearray()
+        self.file = open(path, "wb")  # noqa: SIM115 - closed in finish() or abort()
+
+    def add(self, data: bytes | bytearray | memoryview) -> None:
+        """Take a piece of the file (UploadTooLarge past the maximum)."""
+        self.size += len(data)
+        if self.size > self.max_bytes:
+            raise UploadTooLarge(f"upload is larger than the maximum of {self.max_bytes} bytes")
+        self.buffer += data
+
+    def _write(self, data: bytes) -> None:
+        self.storage.require_room()
+        self.hash.update(data)
+        self.file.write(data)
+
+    def _close(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+
+    async def flush(self, *, force: bool = False) -> None:
+        """Write the buffer once it is large (or whatever is left, when forced)."""
+        if self.buffer and (force or len(self.buffer) >= _FLUSH_BYTES):
+            data = bytes(self.buffer)
+            self.buffer.clear()
+            await _on_disk(self._write, data)
+
+    async def finish(self) -> Received:
+        """Write the rest, fsync and close; what landed."""
+        await self.flush(force=True)
+        await _on_disk(self._close)
+        return Received(self.path, self.size, self.hash.hexdigest())
+
+    def abort(self) -> None:
+        """Close and remove the temp file."""
+        self.file.close()
+        self.path.unlink(missing_ok=True)
+
+
+async def _on_disk(work: object, *args: object) -> None:
+    """Run a blocking file step in a worker thread; a full disk becomes DiskFull."""
+    try:
+        await to_thread.run_sync(work, *args)  # type: ignore[arg-type]
+    except OSError as exc:
+        full = disk_full(exc)
+        if full is None:
+            raise
+        raise full from exc
+
+
+async def _chunks(request: Request, idle_seconds: float) -> AsyncIterator[bytes]:
+    """The body's chunks; UploadTimeout when none comes for idle_seconds, BadUpload when the client goes away."""
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            async with asyncio.timeout(idle_seconds):
+                chunk = await anext(stream)
+        except StopAsyncIteration:
+            return
+        except TimeoutError as exc:
+            raise UploadTimeout(f"the upload sent nothing for {idle_seconds:g} seconds and was dropped") from exc
+        except ClientDisconnect as exc:
+            raise BadUpload("the upload was interrupted") from exc
+        if chunk:
+            yield chunk
+
+
+async def _drain(request: Request) -> None:
+    """Read and drop what is left of a refused body (up to a bound), so the client gets to read our answer."""
+    dropped = 0
+    try:
+        async for chunk in _chunks(request, 5.0):
+            dropped += len(chunk)
+            if dropped > _DRAIN_BYTES:
+                return
+    except (ApiError, RuntimeError):
+        return
+
+
+def _before_reading(request: Request, max_bytes: int) -> tuple[Storage, float]:
+    """Refuse from the headers alone what can be refused; the storage and the idle timeout."""
+    storage: Storage = request.app.state.storage
+    declared = request.headers.get("content-length", "")
+    incoming = int(declared) if declared.isdigit() else 0
+    if incoming > max_bytes + _SLACK_BYTES:
+        raise UploadTooLarge(f"upload is larger than the maximum of {max_bytes} bytes")
+    storage.require_room(incoming)
+    return storage, float(request.app.state.settings.upload_idle_timeout_seconds)
+
+
+async def _receive(request: Request, temp: Path, max_bytes: int, feed: _Feed | None) -> Received | None:
+    """Stream the body (through feed, when it is multipart) into temp; None when feed found no file part."""
+    storage, idle = _before_reading(request, max_bytes)
+    try:
+        sink = _Sink(temp, max_bytes, storage)
+    except OSError as exc:
+        full = disk_full(exc)
+        if full is None:
+            raise
+        raise full from exc
+    try:
+        async for chunk in _chunks(request, idle):
+            if feed is None:
+                sink.add(chunk)
+            else:
+                feed.write(chunk, sink)
+            await sink.flush()
+        if feed is not None and not feed.finish():
+            sink.abort()
+            return None
+        return await sink.finish()
+    except (UploadTooLarge, DiskFull):
+        sink.abort()
+        await _drain(request)
+        raise
+    except BaseException:
+        sink.abort()
+        raise
+
+
+async def receive_body(request: Request, temp: Path, max_bytes: int) -> Received:
+    """Stream a raw request body into temp."""
+    received = await _receive(request, temp, max_bytes, None)
+    assert received is not None
+    return received
+
+
+class _Feed:
+    """Feeds a multipart body to python-multipart's parser; the bytes of the part named field go to the sink."""
+
+    def __init__(self, boundary: bytes, field: str) -> None:
+        self.field = field
+        self.header_name = bytearray()
+        self.header_value = bytearray()
+        self.disposition = b""
+        self.sink: _Sink | None = None
+        self.in_file = self.seen = self.done = False
+        self.parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._part_begin,
+                "on_header_field": lambda data, start, end: self.header_name.extend(data[start:end]),
+                "on_header_value": lambda data, start, end: self.header_value.extend(data[start:end]),
+                "on_header_end": self._header_end,
+                "on_headers_finished": self._headers_finished,
+                "on_part_data": self._part_data,
+                "on_part_end": self._part_end,
+            },
+        )
+
+    def _part_begin(self) -> None:
+        self.disposition = b""
+
+    def _header_end(self) -> None:
+        if bytes(self.header_name).strip().lower() == b"content-disposition":
+            self.disposition = bytes(self.header_value)
+        self.header_name.clear()
+        self.header_value.clear()
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self.disposition)
+        self.in_file = not self.seen and options.get(b"name", b"").decode(errors="replace") == self.field
+        self.seen = self.seen or self.in_file
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.in_file and self.sink is not None:
+            self.sink.add(memoryview(data)[start:end])
+
+    def _part_end(self) -> None:
+        self.done = self.done or self.in_file
+        self.in_file = False
+
+    def write(self, chunk: bytes, sink: _Sink) -> None:
+        """Parse a chunk of the body."""
+        self.sink = sink
+        try:
+            self.parser.write(chunk)
+        except ApiError:
+            raise
+        except Exception as exc:
+            raise BadUpload(f"malformed multipart body: {exc}") from exc
+
+    def finish(self) -> bool:
+        """True when the file part came whole; False when there was none; BadUpload when it was cut short."""
+        self.parser.finalize()
+        if self.seen and not self.done:
+            raise BadUpload("the upload was interrupted (the multipart body ended early)")
+        return self.seen
+
+
+async def receive_multipart_file(request: Request, field: str, temp: Path, max_bytes: int) -> Received | None:
+    """Stream the multipart file part named field into temp; None when the request has no such part."""
+    content_type, params = parse_options_header(request.headers.get("content-type", ""))
+    if content_type != b"multipart/form-data":
+        if request.headers.get("content-length", "0") == "0" and not request.headers.get("transfer-encoding"):
+            return None
+        raise BadUpload(f"send the file as multipart/form-data in the field {field!r}")
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise BadUpload("multipart/form-data without a boundary")
+    return await _receive(request, temp, max_bytes, _Feed(boundary, field))
