@@ -27,8 +27,10 @@ def has_main(path: Path) -> bool:
 
 
 def discover() -> list[str]:
-    """The benchmark modules, by name, in alphabetical order."""
-    return sorted(path.stem for path in BENCH_DIR.glob("*.py") if path.stem not in _NOT_BENCHMARKS and has_main(path))
+    """The benchmark modules and packages (a package's main() is in its __init__.py), by name, in alphabetical order."""
+    found = {path.stem: path for path in BENCH_DIR.glob("*.py")}
+    found.update({path.parent.name: path for path in BENCH_DIR.glob("*/__init__.py")})
+    return sorted(name for name, path in found.items() if name not in _NOT_BENCHMARKS and has_main(path))
 
 
 def normalize(name: str) -> str:
