@@ -242,14 +242,18 @@ class PrivateApi:
         """Upload path as the task's output zip (raw body, streamed from disk)."""
         with path.open("rb") as handle:
             res = self.client.put(
-                f"/internal/tasks/{uid}/output", content=handle, headers={"Content-Type": "application/zip"}
+                f"/internal/tasks/{uid}/output",
+                params={"consumer_id": "bench", "attempt": 1},
+                content=handle,
+                headers={"Content-Type": "application/zip"},
             )
         _expect(res, 200, "upload the output zip")
 
     def finish(self, uid: str) -> None:
         """Mark the task finished with exit code 0."""
         res = self.client.post(
-            f"/internal/tasks/{uid}/finish", json={"consumer_id": "bench", "status": "finished", "exit_code": 0}
+            f"/internal/tasks/{uid}/finish",
+            json={"consumer_id": "bench", "attempt": 1, "status": "finished", "exit_code": 0},
         )
         _expect(res, 200, "finish the task")
 
