@@ -248,10 +248,15 @@ def finish_with_output(direct: httpx.Client, token: str, uid: str, path: Path) -
     direct.post(f"/internal/tasks/{uid}/claim", json={"consumer_id": "bench"}, headers=headers).raise_for_status()
     with path.open("rb") as handle:
         direct.put(
-            f"/internal/tasks/{uid}/output", content=handle, headers={**headers, "Content-Type": "application/zip"}
+            f"/internal/tasks/{uid}/output",
+            params={"consumer_id": "bench", "attempt": 1},
+            content=handle,
+            headers={**headers, "Content-Type": "application/zip"},
         ).raise_for_status()
     direct.post(
-        f"/internal/tasks/{uid}/finish", json={"consumer_id": "bench", "status": "finished"}, headers=headers
+        f"/internal/tasks/{uid}/finish",
+        json={"consumer_id": "bench", "attempt": 1, "status": "finished"},
+        headers=headers,
     ).raise_for_status()
 
 

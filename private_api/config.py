@@ -29,6 +29,14 @@ class Settings(ServiceSettings, ZipSettings):
     lease_seconds: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
     outbox_interval_seconds: float = Field(default=2.0, gt=0)
+    # Pending tasks published this long ago and still not claimed are published again (lost or purged message).
+    republish_after_seconds: float = Field(default=60.0, gt=0)
+    # Releases for reasons of the host give the attempt back; this many at most, with exponential backoff.
+    max_infra_retries: int = Field(default=20, ge=0)
+    infra_backoff_seconds: float = Field(default=10.0, ge=0)
+    infra_backoff_max_seconds: float = Field(default=600.0, ge=0)
+    # A consumer whose last heartbeat is older than this is not live (3 x its CONSUMER_HEARTBEAT_SECONDS).
+    consumer_stale_seconds: float = Field(default=30.0, gt=0)
 
     @property
     def db_url(self) -> str:

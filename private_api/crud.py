@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from private_api.errors import Conflict, ModelExists, ModelNotFound, TaskNotFound, UnknownTask
+from private_api.errors import ModelExists, ModelNotFound, TaskNotFound
+from private_api.leases import history_of
 from private_api.orm import Model, Task, utcnow
 from private_api.schemas import FINAL_STATES, ModelLimits, TaskOut
 
@@ -145,8 +145,8 @@ def queue_position(session: Session, task: Task) -> int | None:
     return int(ahead or 0) + 1
 
 
-def task_out(task: Task, *, position: int | None = None) -> TaskOut:
-    """The status JSON of a task."""
+def task_out(task: Task, *, position: int | None = None, waiting_for: str | None = None) -> TaskOut:
+    """The status JSON of a task (`waiting_for`: the kind of consumer a pending task waits for, when none is live)."""
     return TaskOut(
         uid=task.uid,
         model=task.model_hid,
@@ -161,6 +161,10 @@ def task_out(task: Task, *, position: int | None = None) -> TaskOut:
         consumer_id=task.consumer_id,
         input_size=task.input_size,
         output_size=task.output_size,
+        consumer_name=task.consumer_name,
+        waiting_for=waiting_for if task.status == "pending" else None,
+        history=history_of(task),
+        infra_retries=task.infra_retries,
     )
 
 
@@ -187,27 +191,25 @@ def list_tasks(
 
 
 def cancel_task(session: Session, task: Task) -> None:
-    """Mark a task deleted; one that had not ended becomes cancelled (its consumer stops it on the next heartbeat)."""
-    if task.status not in FINAL_STATES:
-        task.status = "cancelled"
-        task.finished_at = utcnow()
-        task.error = "cancelled by the user"
-    task.deleted = True
-    session.flush()
+    """Mark a task deleted; one that had not ended becomes cancelled (its consumer stops it on the next heartbeat).
 
-
-# --- the outbox ---------------------------------------------------------------------------------------------------
-
-
-def unpublished_tasks(session: Session, *, limit: int) -> list[Task]:
-    """Pending tasks whose uid has not been confirmed by the broker yet, oldest first."""
-    query = (
-        select(Task)
-        .where(Task.published_at.is_(None), Task.status == "pending", Task.deleted.is_(False))
-        .order_by(Task.id)
-        .limit(limit)
+    Compare-and-set on the status: a consumer that finishes the task at the same moment either wins (the task
+    stays finished) or gets 409.
+    """
+    session.execute(
+        update(Task)
+        .where(Task.id == task.id, Task.status.not_in(FINAL_STATES))
+        .values(status="cancelled", finished_at=utcnow(), error="cancelled by the user")
+        .execution_options(synchronize_session=False)
     )
-    return list(session.scalars(query))
+    session.execute(
+        update(Task).where(Task.id == task.id).values(deleted=True).execution_options(synchronize_session=False)
+    )
+    session.flush()
+    session.refresh(task)
+
+
+# --- counts ---------------------------------------------------------------------------------------------------------
 
 
 def count_pending(session: Session) -> int:
@@ -217,124 +219,14 @@ def count_pending(session: Session) -> int:
 
 
 def count_unpublished(session: Session) -> int:
-    """How many pending tasks wait for the broker."""
-    query = select(func.count()).select_from(Task).where(Task.published_at.is_(None), Task.status == "pending")
-    return int(session.scalar(query) or 0)
-
-
-def mark_published(session: Session, *, task_id: int) -> None:
-    """Record that the broker confirmed a task's message."""
-    session.execute(update(Task).where(Task.id == task_id).values(published_at=utcnow()))
-
-
-# --- tasks, as consumers see them ---------------------------------------------------------------------------------
-
-
-def _fail(session: Session, task: Task, reason: str) -> None:
-    task.status = "failed"
-    task.error = reason
-    task.finished_at = utcnow()
-    session.flush()
-
-
-def claim_task(
-    session: Session, *, uid: str, consumer_id: str, lease_seconds: float, max_attempts: int
-) -> tuple[Task, Model]:
-    """Hand a task to a consumer with the next attempt number, or Conflict saying why it must not run now."""
-    task = session.scalar(select(Task).where(Task.uid == uid))
-    if task is None:
-        raise UnknownTask(f"no task {uid!r}")
-    if task.deleted and task.status not in FINAL_STATES:
-        task.status = "cancelled"
-    if task.status in FINAL_STATES:
-        raise Conflict(f"task is {task.status}", status=task.status)
-    model = session.get(Model, task.model_id) if task.model_id is not None else None
-    if model is None:
-        _fail(session, task, f"its model {task.model_hid!r} was deleted")
-        session.commit()
-        raise Conflict("task failed: its model was deleted", status="failed")
-    now = utcnow()
-    if task.status == "running":
-        stale = task.heartbeat_at is None or task.heartbeat_at < now - timedelta(seconds=lease_seconds)
-        if not stale and task.consumer_id != consumer_id:
-            raise Conflict("task is running on another consumer", status="running")
-    if task.attempt >= max_attempts:
-        last = task.error or "the consumer stopped mid-run"
-        _fail(session, task, f"gave up after {task.attempt} attempts; last problem: {last}")
-        session.commit()
-        raise Conflict("task failed: no attempts left", status="failed")
-    claimed = session.execute(
-        update(Task)
-        .where(Task.id == task.id, Task.status == task.status, Task.attempt == task.attempt)
-        .values(
-            status="running",
-            attempt=Task.attempt + 1,
-            consumer_id=consumer_id,
-            started_at=now,
-            heartbeat_at=now,
-            exit_code=None,
-            error=None,
+    """How many pending tasks wait for the broker (not those that back off after an infrastructure failure)."""
+    query = (
+        select(func.count())
+        .select_from(Task)
+        .where(
+            Task.published_at.is_(None),
+            Task.status == "pending",
+            or_(Task.not_before.is_(None), Task.not_before <= utcnow()),
         )
-        .execution_options(synchronize_session=False)
     )
-    if claimed.rowcount != 1:  # type: ignore[attr-defined]
-        session.rollback()
-        raise Conflict("task was claimed by another consumer", status="running")
-    session.commit()
-    session.refresh(task)
-    return task, model
-
-
-def _held(session: Session, *, uid: str, consumer_id: str) -> Task:
-    task = session.scalar(select(Task).where(Task.uid == uid))
-    if task is None:
-        raise UnknownTask(f"no task {uid!r}")
-    if task.status != "running" or task.consumer_id != consumer_id:
-        raise Conflict(f"task is {task.status} and not held by {consumer_id!r}", status=task.status)
-    return task
-
-
-def heartbeat(session: Session, *, uid: str, consumer_id: str) -> str:
-    """Renew a consumer's lease on a running task; the answer is the task's status (cancelled: stop it)."""
-    task = session.scalar(select(Task).where(Task.uid == uid))
-    if task is None:
-        raise UnknownTask(f"no task {uid!r}")
-    if task.status == "cancelled" or task.deleted:
-        return "cancelled"
-    task = _held(session, uid=uid, consumer_id=consumer_id)
-    task.heartbeat_at = utcnow()
-    session.flush()
-    return task.status
-
-
-def finish_task(
-    session: Session,
-    *,
-    uid: str,
-    consumer_id: str,
-    status: str,
-    reason: str | None,
-    exit_code: int | None,
-    output_size: int | None,
-) -> Task:
-    """Store a task's final state as reported by the consumer that holds it."""
-    task = _held(session, uid=uid, consumer_id=consumer_id)
-    task.status = status
-    task.error = reason
-    task.exit_code = exit_code
-    task.output_size = output_size
-    task.finished_at = utcnow()
-    session.flush()
-    return task
-
-
-def release_task(session: Session, *, uid: str, consumer_id: str, reason: str) -> Task:
-    """Give a running task back to the queue; the attempt counts, so a task that keeps failing ends."""
-    task = _held(session, uid=uid, consumer_id=consumer_id)
-    task.status = "pending"
-    task.consumer_id = None
-    task.heartbeat_at = None
-    task.started_at = None
-    task.error = reason
-    session.flush()
-    return task
+    return int(session.scalar(query) or 0)

@@ -52,6 +52,12 @@ class UnknownTask(ApiError):
     status_code = 404
 
 
+class UnknownConsumer(ApiError):
+    """No consumer instance with that id has sent a heartbeat."""
+
+    status_code = 404
+
+
 class TaskPending(ApiError):
     """The task has no result yet."""
 

@@ -13,8 +13,10 @@ from common.http import StripTrailingSlash
 from private_api.config import Settings, get_settings
 from private_api.db import make_engine, make_sessionmaker, migrate
 from private_api.errors import install_handlers
+from private_api.leases import LeaseRule
+from private_api.orm import utcnow
 from private_api.publisher import Publisher
-from private_api.routes import consumer, health, models, tasks
+from private_api.routes import consumer, consumers, health, models, tasks
 from private_api.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -34,8 +36,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.storage.clean_temp()
         app.state.engine = engine
         app.state.sessions = make_sessionmaker(engine)
+        # Leases count from this start at the earliest: every holder gets a full lease to check in.
+        app.state.lease_rule = LeaseRule(seconds=settings.lease_seconds, since=utcnow())
         app.state.publisher = Publisher(
-            url=settings.rabbitmq_url, sessions=app.state.sessions, interval=settings.outbox_interval_seconds
+            url=settings.rabbitmq_url,
+            sessions=app.state.sessions,
+            interval=settings.outbox_interval_seconds,
+            republish_after=settings.republish_after_seconds,
+            lease_rule=app.state.lease_rule,
+            max_attempts=settings.max_attempts,
         )
         app.state.publisher.start()
         app.state.publisher.wake()
@@ -53,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redirect_slashes=False,
     )
     install_handlers(app)
-    for router in (models.router, tasks.router, consumer.router, health.router):
+    for router in (models.router, tasks.router, consumer.router, consumers.router, health.router):
         app.include_router(router)
     app.add_middleware(StripTrailingSlash)
     return app

@@ -1,34 +1,57 @@
-"""Publishes stored tasks to RabbitMQ from the outbox (`tasks.published_at IS NULL`), with publisher confirms.
+"""Publishes stored tasks to RabbitMQ from the outbox in the tasks table, with publisher confirms.
 
 One background thread owns the AMQP connection (pika is not thread-safe). Requests only wake it. When the broker
 is down, tasks stay in the outbox and are published once it is back: nothing accepted is lost.
+
+Each round the thread also
+- returns running tasks whose lease expired to pending (the reaper), which marks them for publish;
+- declares the queues (a deleted queue is made again) and, when a queue holds fewer messages than pending tasks
+  were published to it (purged, or the broker lost its data), publishes again the tasks published more than
+  REPUBLISH_AFTER_SECONDS ago: the queue is rebuilt from the database. Duplicates are harmless (claims are
+  compare-and-set; a consumer acknowledges and drops a message for a task that is not claimable).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from datetime import timedelta
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.messages import declare_queues, encode, queue_for
-from private_api import crud
+from common.messages import CPU_QUEUE, GPU_QUEUE, declare_queues, encode, queue_for
+from private_api import crud_consumers, leases, outbox
+from private_api.orm import utcnow
 
 log = logging.getLogger(__name__)
 
-_BATCH = 500
+_BATCH = 200
+# Consumer instances not seen for this long are dropped from /healthz.
+_FORGET_CONSUMERS_AFTER = timedelta(days=1)
 _PROPERTIES = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json")
 
 
 class Publisher:
-    """The outbox loop: wakes on new tasks or every `interval` seconds and publishes what is unpublished."""
+    """The outbox loop: wakes on new tasks or every `interval` seconds, reaps expired leases, publishes what is due."""
 
-    def __init__(self, *, url: str, sessions: sessionmaker[Session], interval: float) -> None:
+    def __init__(
+        self,
+        *,
+        url: str,
+        sessions: sessionmaker[Session],
+        interval: float,
+        republish_after: float = 60.0,
+        lease_rule: leases.LeaseRule | None = None,
+        max_attempts: int = 3,
+    ) -> None:
         self.url = url
         self.sessions = sessions
         self.interval = interval
+        self.republish_after = republish_after
+        self.lease_rule = lease_rule
+        self.max_attempts = max_attempts
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -64,6 +87,7 @@ class Publisher:
             self._wake.clear()
             if self._stop.is_set():
                 break
+            self.reap()
             try:
                 self._ensure_connected()
                 self.publish_pending()
@@ -101,24 +125,66 @@ class Publisher:
             except Exception:
                 log.debug("closing a broken connection failed", exc_info=True)
 
+    def reap(self) -> int:
+        """Return running tasks with an expired lease to pending; forget long-gone consumers. Errors are logged."""
+        if self.lease_rule is None:
+            return 0
+        try:
+            with self.sessions() as session:
+                reaped = leases.reap_expired(session, rule=self.lease_rule, max_attempts=self.max_attempts)
+                crud_consumers.prune(session, seen_before=utcnow() - _FORGET_CONSUMERS_AFTER)
+        except Exception:
+            log.warning("reaping expired leases failed; trying again next round", exc_info=True)
+            return 0
+        if reaped:
+            log.warning("%d task(s) lost their consumer (no heartbeat for %gs)", reaped, self.lease_rule.seconds)
+        return reaped
+
+    def _short_queues(self, channel: BlockingChannel) -> list[bool]:
+        """Declare the queues; the resource classes (use_gpu) whose queue holds fewer messages than it should."""
+        ready = {}
+        for name in (GPU_QUEUE, CPU_QUEUE):
+            ready[name] = channel.queue_declare(queue=name, durable=True).method.message_count
+        with self.sessions() as session:
+            expected = outbox.waiting_published(session)
+        short = []
+        for name, use_gpu in ((GPU_QUEUE, True), (CPU_QUEUE, False)):
+            if ready[name] < expected.get(name, 0):
+                log.info("queue %s holds %d message(s) for %d pending task(s)", name, ready[name], expected[name])
+                short.append(use_gpu)
+        return short
+
     def publish_pending(self) -> int:
-        """Publish every unpublished task, each confirmed by the broker before it is marked; returns the count."""
-        assert self._channel is not None
+        """Publish every due task, each confirmed by the broker before it is marked; returns the count."""
+        channel = self._channel
+        assert channel is not None
+        short = self._short_queues(channel)
         published = 0
         while True:
+            now = utcnow()
             with self.sessions() as session:
-                tasks = crud.unpublished_tasks(session, limit=_BATCH)
-                for task in tasks:
-                    self._channel.basic_publish(
-                        exchange="",
-                        routing_key=queue_for(use_gpu=task.use_gpu),
-                        body=encode(task.uid),
-                        properties=_PROPERTIES,
-                        mandatory=True,
-                    )
-                    crud.mark_published(session, task_id=task.id)
+                tasks = outbox.due_tasks(
+                    session,
+                    now=now,
+                    republish_before=now - timedelta(seconds=self.republish_after),
+                    republish_gpu=short,
+                    limit=_BATCH,
+                )
+                done: list[int] = []
+                try:
+                    for task in tasks:
+                        channel.basic_publish(
+                            exchange="",
+                            routing_key=queue_for(use_gpu=task.use_gpu),
+                            body=encode(task.uid),
+                            properties=_PROPERTIES,
+                            mandatory=True,
+                        )
+                        done.append(task.id)
+                finally:
+                    outbox.mark_published(session, task_ids=done, at=utcnow())
                     session.commit()
-                    published += 1
+                    published += len(done)
             if len(tasks) < _BATCH:
                 if published:
                     log.info("published %d task(s)", published)

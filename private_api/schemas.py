@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -76,8 +76,12 @@ class ModelOut(BaseModel):
     shm_size: str
     cpus: float
     network: bool
+    max_output_size: str
+    user: str | None
     created_at: datetime
     updated_at: datetime
+    consumers: int = 0
+    warning: str | None = None
 
 
 class TaskOut(BaseModel):
@@ -96,6 +100,10 @@ class TaskOut(BaseModel):
     consumer_id: str | None
     input_size: int
     output_size: int | None
+    consumer_name: str | None = None
+    waiting_for: str | None = None
+    history: list[dict[str, Any]] = Field(default_factory=list)
+    infra_retries: int = 0
 
 
 class TaskPage(BaseModel):
@@ -105,10 +113,14 @@ class TaskPage(BaseModel):
     total: int
 
 
-class ClaimIn(BaseModel):
-    """A consumer asks to run a task."""
+ConsumerId = Annotated[str, Field(min_length=1, max_length=256)]
 
-    consumer_id: str = Field(min_length=1, max_length=256)
+
+class ClaimIn(BaseModel):
+    """A consumer instance asks to run a task."""
+
+    consumer_id: ConsumerId
+    consumer_name: str | None = Field(default=None, max_length=256)
 
 
 class ClaimOut(BaseModel):
@@ -118,20 +130,74 @@ class ClaimOut(BaseModel):
     model: ModelOut
 
 
-class FinishIn(BaseModel):
+class HolderIn(BaseModel):
+    """Who holds a task: the consumer instance and the attempt it claimed."""
+
+    consumer_id: ConsumerId
+    attempt: int = Field(ge=1)
+
+
+class FinishIn(HolderIn):
     """A consumer reports a task's final state."""
 
-    consumer_id: str = Field(min_length=1, max_length=256)
     status: Literal["finished", "failed"]
     reason: str | None = Field(default=None, max_length=10_000)
     exit_code: int | None = None
 
 
-class ReleaseIn(BaseModel):
-    """A consumer gives a task back (it is shutting down)."""
+class ReleaseIn(HolderIn):
+    """A consumer gives a task back; `infrastructure` when the host, not the model, is the reason."""
 
-    consumer_id: str = Field(min_length=1, max_length=256)
     reason: str = Field(default="consumer shut down", max_length=1000)
+    infrastructure: bool = False
+
+
+class LeaseIn(BaseModel):
+    """One lease a consumer asks about."""
+
+    uid: str = Field(min_length=1, max_length=64)
+    consumer_id: ConsumerId
+    attempt: int
+
+
+class LeasesCheckIn(BaseModel):
+    """The leases of the containers a consumer found on its engine."""
+
+    leases: list[LeaseIn] = Field(max_length=10_000)
+
+
+class LeasesCheckOut(BaseModel):
+    """For each lease asked about, in the same order: is it live?"""
+
+    live: list[bool]
+
+
+class ConsumerHeartbeatIn(BaseModel):
+    """A consumer instance says it is alive, what it reads and whether its GPU works."""
+
+    name: str = Field(min_length=1, max_length=256)
+    host: str = Field(default="", max_length=256)
+    queues: list[str] = Field(default_factory=list, max_length=16)
+    gpu_device: str | None = Field(default=None, max_length=128)
+    gpu_usable: bool | None = None
+    gpu_reason: str | None = Field(default=None, max_length=10_000)
+    free_disk_bytes: int | None = None
+
+
+class ConsumerOut(BaseModel):
+    """A consumer instance as /healthz shows it."""
+
+    instance_id: str
+    name: str
+    host: str
+    queues: list[str]
+    gpu_device: str | None
+    gpu_usable: bool | None
+    gpu_reason: str | None
+    free_disk_bytes: int | None
+    started_at: datetime
+    last_seen: datetime
+    live: bool
 
 
 class ModelIn(ModelLimits):

@@ -1,27 +1,41 @@
-"""Calls the job consumers make: claim, heartbeat, fetch input and model zip, upload output and logs, finish."""
+"""Calls the job consumers make about a task: claim, heartbeat, input, model zip, output, logs, finish, release.
+
+No database connection is held while a body streams in or a file streams out: the routes that stream do their
+database work in short sessions before and after (a stalled consumer costs a socket, nothing shared). Every state
+change is compare-and-set on status, holder instance and attempt: a stale holder gets 409 and changes nothing.
+"""
 
 from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from common.settings import valid_uid
-from private_api import crud
-from private_api.deps import InternalAuth, SessionDep, SettingsDep, StorageDep
-from private_api.errors import BadUpload, Conflict, ModelNotFound, TaskNotFound, UnknownTask
-from private_api.orm import Task
+from private_api import crud, crud_tasks, leases
+from private_api.deps import InternalAuth, PublisherDep, SessionDep, SettingsDep, StorageDep
+from private_api.errors import BadUpload, ModelNotFound, TaskNotFound, UnknownTask, UploadTooLarge
+from private_api.orm import Model
+from private_api.routes.consumers import LeaseRuleDep
 from private_api.routes.tasks import ZipFileResponse
-from private_api.schemas import ClaimIn, ClaimOut, FinishIn, ModelOut, ReleaseIn
+from private_api.schemas import ClaimIn, ClaimOut, FinishIn, HolderIn, ModelOut, ReleaseIn, size_in_bytes
 from private_api.storage import land, receive_body
 
 router = APIRouter(prefix="/internal", tags=["consumers"], dependencies=[InternalAuth])
 
-MAX_OUTPUT_BYTES = 1024**4
+DEFAULT_MAX_OUTPUT = "50g"
+HolderId = Annotated[str, Query(min_length=1, max_length=256, description="the holder's consumer instance id")]
+Attempt = Annotated[int, Query(ge=1, description="the attempt the holder claimed")]
+
+
+def _sessions(request: Request) -> sessionmaker[Session]:
+    sessions: sessionmaker[Session] = request.app.state.sessions
+    return sessions
 
 
 def _uid(uid: str) -> str:
@@ -30,60 +44,78 @@ def _uid(uid: str) -> str:
     return uid
 
 
-def _task(session: Session, uid: str) -> Task:
-    try:
-        return crud.get_task(session, uid=_uid(uid))
-    except TaskNotFound as exc:
-        raise UnknownTask(exc.detail) from exc
-
-
 @router.post("/tasks/{uid}/claim", response_model=ClaimOut)
-def claim(uid: str, body: ClaimIn, session: SessionDep, settings: SettingsDep) -> ClaimOut:
-    """Hand the task to this consumer with the next attempt number (409 says why not)."""
-    task, model = crud.claim_task(
+def claim(uid: str, body: ClaimIn, session: SessionDep, settings: SettingsDep, rule: LeaseRuleDep) -> ClaimOut:
+    """Hand the task to this consumer instance with the next attempt number (409 says why not)."""
+    task, model = crud_tasks.claim_task(
         session,
         uid=_uid(uid),
         consumer_id=body.consumer_id,
-        lease_seconds=settings.lease_seconds,
+        consumer_name=body.consumer_name,
+        rule=rule,
         max_attempts=settings.max_attempts,
     )
     return ClaimOut(task=crud.task_out(task), model=ModelOut.model_validate(model))
 
 
 @router.post("/tasks/{uid}/heartbeat")
-def heartbeat(uid: str, body: ClaimIn, session: SessionDep) -> dict[str, str]:
-    """Renew the lease; status `cancelled` tells the consumer to stop the container."""
-    status = crud.heartbeat(session, uid=_uid(uid), consumer_id=body.consumer_id)
-    session.commit()
+def heartbeat(uid: str, body: HolderIn, session: SessionDep) -> dict[str, str]:
+    """Renew the lease; status `cancelled` tells the consumer to stop the container; 409 for a stale holder."""
+    status = crud_tasks.heartbeat(session, uid=_uid(uid), consumer_id=body.consumer_id, attempt=body.attempt)
     return {"status": status}
 
 
+def _check_task(sessions: sessionmaker[Session], uid: str) -> None:
+    with sessions() as session:
+        try:
+            crud.get_task(session, uid=_uid(uid))
+        except TaskNotFound as exc:
+            raise UnknownTask(exc.detail) from exc
+
+
 @router.get("/tasks/{uid}/input", response_class=ZipFileResponse)
-def get_input(uid: str, session: SessionDep, storage: StorageDep) -> FileResponse:
-    """The task's input zip."""
-    task = _task(session, uid)
-    path = storage.input_path(task.uid)
+async def get_input(uid: str, request: Request, storage: StorageDep) -> FileResponse:
+    """The task's input zip (streamed with no database connection held)."""
+    await run_in_threadpool(_check_task, _sessions(request), uid)
+    path = storage.input_path(uid)
     if not path.exists():
         raise UnknownTask(f"the input of task {uid!r} is gone")
     return ZipFileResponse(path, media_type="application/zip", filename=f"{uid}-input.zip")
 
 
+def _model_zip(sessions: sessionmaker[Session], hid: str) -> tuple[int, str]:
+    with sessions() as session:
+        model = crud.get_model(session, hid=hid)
+        if model.zip_sha256 is None:
+            raise ModelNotFound(f"model {hid!r} has no zip")
+        return model.id, model.zip_sha256
+
+
 @router.get("/models/{hid}/zip", response_class=ZipFileResponse)
-def get_model_zip(hid: str, session: SessionDep, storage: StorageDep) -> FileResponse:
-    """The model's zip, for /model."""
-    model = crud.get_model(session, hid=hid)
-    if model.zip_sha256 is None:
-        raise ModelNotFound(f"model {hid!r} has no zip")
-    path = storage.model_zip_path(model.id, model.zip_sha256)
+async def get_model_zip(hid: str, request: Request, storage: StorageDep) -> FileResponse:
+    """The model's zip, for /model (streamed with no database connection held)."""
+    model_id, sha256 = await run_in_threadpool(_model_zip, _sessions(request), hid)
+    path = storage.model_zip_path(model_id, sha256)
+    if not path.exists():
+        raise ModelNotFound(f"the zip of model {hid!r} is gone")
     response = ZipFileResponse(path, media_type="application/zip", filename=f"{hid}.zip")
-    response.headers["X-Zip-Sha256"] = model.zip_sha256
+    response.headers["X-Zip-Sha256"] = sha256
     return response
 
 
-def _require_running(session: Session, uid: str) -> None:
-    task = _task(session, uid)
-    if task.status != "running":
-        raise Conflict(f"task is {task.status}", status=task.status)
+def _require_holder(sessions: sessionmaker[Session], uid: str, consumer_id: str, attempt: int) -> str:
+    """The model's max_output_size when this instance holds this attempt of the task; Conflict (409) if not."""
+    with sessions() as session:
+        task = leases.require_holder(session, uid=_uid(uid), consumer_id=consumer_id, attempt=attempt)
+        model = session.get(Model, task.model_id) if task.model_id is not None else None
+        return model.max_output_size if model is not None else DEFAULT_MAX_OUTPUT
+
+
+def _output_bytes(max_output_size: str) -> int:
+    try:
+        return size_in_bytes(max_output_size)
+    except ValueError:
+        return size_in_bytes(DEFAULT_MAX_OUTPUT)
 
 
 def _check_output(path: Path) -> None:
@@ -95,25 +127,36 @@ def _check_output(path: Path) -> None:
 
 
 @router.put("/tasks/{uid}/output")
-async def put_output(uid: str, request: Request, session: SessionDep, storage: StorageDep) -> dict[str, int]:
-    """Store the output zip of a running task (raw application/zip body, streamed)."""
-    await run_in_threadpool(_require_running, session, _uid(uid))
-    received = await receive_body(request, storage.temp_path(), MAX_OUTPUT_BYTES)
+async def put_output(
+    uid: str, request: Request, storage: StorageDep, consumer_id: HolderId, attempt: Attempt
+) -> dict[str, int]:
+    """Store the output zip of a running task (raw application/zip body, streamed; at most max_output_size)."""
+    sessions = _sessions(request)
+    max_size = await run_in_threadpool(_require_holder, sessions, _uid(uid), consumer_id, attempt)
+    try:
+        received = await receive_body(request, storage.temp_path(), _output_bytes(max_size))
+    except UploadTooLarge as exc:
+        raise UploadTooLarge(f"the output is larger than the model's max_output_size ({max_size})") from exc
     try:
         await run_in_threadpool(_check_output, received.path)
-        await run_in_threadpool(_require_running, session, uid)
-        land(received.path, storage.output_path(uid))
+        await run_in_threadpool(_require_holder, sessions, uid, consumer_id, attempt)
+        await run_in_threadpool(land, received.path, storage.output_path(uid))
     finally:
         received.path.unlink(missing_ok=True)
     return {"size": received.size}
 
 
+def _write(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+
+
 @router.put("/tasks/{uid}/logs")
 async def put_logs(
-    uid: str, request: Request, session: SessionDep, storage: StorageDep, settings: SettingsDep
+    uid: str, request: Request, storage: StorageDep, settings: SettingsDep, consumer_id: HolderId, attempt: Attempt
 ) -> dict[str, int]:
     """Store the container's log; only its last MAX_LOG_BYTES are kept."""
-    await run_in_threadpool(_task, session, uid)
+    sessions = _sessions(request)
+    await run_in_threadpool(_require_holder, sessions, _uid(uid), consumer_id, attempt)
     limit = settings.max_log_bytes
     tail = bytearray()
     async for chunk in request.stream():
@@ -121,9 +164,13 @@ async def put_logs(
         if len(tail) > 2 * limit:
             del tail[: len(tail) - limit]
     kept = bytes(tail[-limit:])
+    await run_in_threadpool(_require_holder, sessions, uid, consumer_id, attempt)
     temp = storage.temp_path()
-    await run_in_threadpool(temp.write_bytes, kept)
-    land(temp, storage.log_path(uid))
+    try:
+        await run_in_threadpool(_write, temp, kept)
+        await run_in_threadpool(land, temp, storage.log_path(uid))
+    finally:
+        temp.unlink(missing_ok=True)
     return {"size": len(kept)}
 
 
@@ -132,22 +179,37 @@ def finish(uid: str, body: FinishIn, session: SessionDep, storage: StorageDep) -
     """Store the task's final state; the consumer acknowledges its message after this answers 200."""
     output = storage.output_path(_uid(uid))
     size = output.stat().st_size if output.exists() else None
-    crud.finish_task(
+    crud_tasks.finish_task(
         session,
         uid=uid,
         consumer_id=body.consumer_id,
+        attempt=body.attempt,
         status=body.status,
         reason=body.reason,
         exit_code=body.exit_code,
         output_size=size,
     )
-    session.commit()
     return {"status": body.status}
 
 
 @router.post("/tasks/{uid}/release")
-def release(uid: str, body: ReleaseIn, session: SessionDep) -> dict[str, str]:
-    """Put a running task back to pending (its consumer is shutting down and requeues the message)."""
-    crud.release_task(session, uid=_uid(uid), consumer_id=body.consumer_id, reason=body.reason)
-    session.commit()
-    return {"status": "pending"}
+def release(
+    uid: str, body: ReleaseIn, session: SessionDep, settings: SettingsDep, publisher: PublisherDep
+) -> dict[str, str | None]:
+    """Give the task back without using up its attempt; the consumer then acknowledges its message."""
+    policy = leases.InfraPolicy(
+        max_retries=settings.max_infra_retries,
+        backoff_seconds=settings.infra_backoff_seconds,
+        backoff_max_seconds=settings.infra_backoff_max_seconds,
+    )
+    task = crud_tasks.release_task(
+        session,
+        uid=_uid(uid),
+        consumer_id=body.consumer_id,
+        attempt=body.attempt,
+        reason=body.reason,
+        infrastructure=body.infrastructure,
+        policy=policy,
+    )
+    publisher.wake()
+    return {"status": task.status, "not_before": task.not_before.isoformat() if task.not_before else None}

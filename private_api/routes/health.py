@@ -1,4 +1,4 @@
-"""Liveness and readiness for compose healthchecks."""
+"""Liveness and readiness for compose healthchecks, and what an operator should know about the consumers."""
 
 from __future__ import annotations
 
@@ -6,21 +6,34 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from private_api import crud
-from private_api.deps import PublisherDep, SessionDep
+from private_api import crud, crud_consumers
+from private_api.deps import PublisherDep, SessionDep, SettingsDep
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz(session: SessionDep, publisher: PublisherDep) -> JSONResponse:
-    """200 while the database answers (tasks are accepted even while the broker is away); 503 otherwise."""
+def healthz(session: SessionDep, publisher: PublisherDep, settings: SettingsDep) -> JSONResponse:
+    """200 while the database answers (tasks are accepted even while the broker is away); 503 otherwise.
+
+    Also lists the consumer instances, the live consumers per queue and warnings (a queue nobody reads while tasks
+    wait, a GPU that cannot be used); warnings do not make the service unhealthy.
+    """
     try:
         session.execute(text("SELECT 1"))
         unpublished = crud.count_unpublished(session)
-        database = "ok"
+        consumers, queues, warnings = crud_consumers.health(session, stale_seconds=settings.consumer_stale_seconds)
     except Exception as exc:
         return JSONResponse({"status": "unavailable", "database": f"error: {exc}"}, status_code=503)
     broker = "connected" if publisher.connected else f"disconnected ({publisher.last_error})"
     status = "ok" if publisher.connected else "degraded"
-    return JSONResponse({"status": status, "database": database, "broker": broker, "unpublished": unpublished})
+    body = {
+        "status": status,
+        "database": "ok",
+        "broker": broker,
+        "unpublished": unpublished,
+        "consumers": [c.model_dump(mode="json") for c in consumers],
+        "queues": queues,
+        "warnings": warnings,
+    }
+    return JSONResponse(body)

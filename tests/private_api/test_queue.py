@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import pika
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import make_url
@@ -82,3 +84,75 @@ def test_tasks_accepted_while_broker_never_reachable_are_published_at_next_start
     with TestClient(create_app(settings), headers=AUTH) as api:
         _wait_for(lambda: api.get("/healthz").json()["unpublished"] == 0)
     assert [uid for uid, _ in drain_queue(rabbitmq_url, CPU_QUEUE)] == uids
+
+
+def _claim(api: TestClient, uid: str, consumer: str) -> dict[str, Any]:
+    response = api.post(f"/internal/tasks/{uid}/claim", json={"consumer_id": consumer})
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_reaper_returns_a_lost_consumers_task_to_the_queue_then_fails_it(
+    api: TestClient, settings: Settings, rabbitmq_url: str
+) -> None:
+    add_model(api, "m", use_gpu=False)
+    uid = submit(api, "m")
+    _wait_for(lambda: api.get("/healthz").json()["unpublished"] == 0)
+    assert drain_queue(rabbitmq_url, CPU_QUEUE) == [(uid, 2)]
+    _claim(api, uid, "lost-1")
+    time.sleep(settings.lease_seconds / 2)
+    assert api.get(f"/api/tasks/{uid}/status").json()["status"] == "running"  # not reaped within its lease
+    _wait_for(lambda: api.get(f"/api/tasks/{uid}/status").json()["status"] == "pending")
+    status = api.get(f"/api/tasks/{uid}/status").json()
+    assert status["attempt"] == 1 and status["consumer_id"] is None
+    assert [(e["consumer"], e["status"]) for e in status["history"]] == [("lost-1", "lost")]
+    _wait_for(lambda: drain_queue(rabbitmq_url, CPU_QUEUE) == [(uid, 2)])  # published again
+    assert _claim(api, uid, "lost-2")["task"]["attempt"] == 2
+    _wait_for(lambda: api.get(f"/api/tasks/{uid}/status").json()["status"] == "failed")
+    reason = api.get(f"/api/tasks/{uid}").json()["reason"]
+    assert reason.startswith("consumer lost 2 times") and "gave up after 2 attempts" in reason
+
+
+@pytest.fixture
+def quick_republish(settings: Settings) -> Iterator[TestClient]:
+    """A private API that publishes unclaimed tasks again after one second."""
+    with TestClient(create_app(settings.model_copy(update={"republish_after_seconds": 1.0})), headers=AUTH) as api:
+        yield api
+
+
+def _queue_depth(rabbitmq_url: str, queue: str) -> int:
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        return int(connection.channel().queue_declare(queue=queue, durable=True).method.message_count)
+    finally:
+        connection.close()
+
+
+def test_unclaimed_tasks_are_published_again_only_when_their_messages_are_gone(
+    quick_republish: TestClient, rabbitmq_url: str
+) -> None:
+    api = quick_republish
+    add_model(api, "m", use_gpu=False)
+    uids = [submit(api, "m") for _ in range(3)]
+    _wait_for(lambda: api.get("/healthz").json()["unpublished"] == 0)
+    time.sleep(2.5)  # past REPUBLISH_AFTER_SECONDS: the queue still holds one message per task, so no duplicates
+    assert _queue_depth(rabbitmq_url, CPU_QUEUE) == 3
+    assert sorted(uid for uid, _ in drain_queue(rabbitmq_url, CPU_QUEUE)) == sorted(uids)  # the messages are lost
+    _wait_for(lambda: _queue_depth(rabbitmq_url, CPU_QUEUE) == 3)
+    assert sorted(uid for uid, _ in drain_queue(rabbitmq_url, CPU_QUEUE)) == sorted(uids)
+    _claim(api, uids[0], "c1")  # a running task needs no message
+    _wait_for(lambda: _queue_depth(rabbitmq_url, CPU_QUEUE) == 2)
+    assert sorted(uid for uid, _ in drain_queue(rabbitmq_url, CPU_QUEUE)) == sorted(uids[1:])
+
+
+def test_a_deleted_queue_is_declared_again_and_refilled(quick_republish: TestClient, rabbitmq_url: str) -> None:
+    api = quick_republish
+    add_model(api, "g", use_gpu=True)
+    uid = submit(api, "g")
+    _wait_for(lambda: api.get("/healthz").json()["unpublished"] == 0)
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    connection.channel().queue_delete(GPU_QUEUE)
+    connection.close()
+    _wait_for(lambda: _queue_depth(rabbitmq_url, GPU_QUEUE) == 1)
+    assert drain_queue(rabbitmq_url, GPU_QUEUE) == [(uid, 2)]
