@@ -131,11 +131,41 @@ def queue_length(url: str, name: str) -> int:
 class PrivateApi:
     """The real private API in a subprocess, plus the calls the tests make to it."""
 
-    def __init__(self, url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    def __init__(self, url: str, env: dict[str, str], log_path: Path) -> None:
         self.url = url
-        self.process = process
+        self.env = env
         self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
         self.http = httpx.Client(base_url=url, headers={"X-Internal-Token": TOKEN}, timeout=60)
+
+    def start(self) -> None:
+        """Start `python -m private_api` and wait until /healthz answers 200."""
+        with open(self.log_path, "ab") as log_file:
+            self.process = subprocess.Popen(
+                [PYTHON, "-m", "private_api"], cwd=ROOT, env=self.env, stdout=log_file, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the private API did not start:\n{self.log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        """Stop the process (SIGTERM, then SIGKILL after 30 s)."""
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
 
     def add_model(self, tag: str, *, zip_file: bytes | None = None, **params: Any) -> dict[str, Any]:
         """Register a CPU model for tag (small limits unless given); its JSON."""
@@ -181,7 +211,13 @@ class PrivateApi:
 
 
 @pytest.fixture
-def private_api(amqp_url: str, tmp_path: Path) -> Iterator[PrivateApi]:
+def private_api_env() -> dict[str, str]:
+    """Extra environment for the private API under test (a test module overrides this fixture to change it)."""
+    return {}
+
+
+@pytest.fixture
+def private_api(amqp_url: str, tmp_path: Path, private_api_env: dict[str, str]) -> Iterator[PrivateApi]:
     """A fresh private API (SQLite, short lease) served by `python -m private_api`; queues purged."""
     purge_queues(amqp_url)
     port = _free_port()
@@ -196,33 +232,21 @@ def private_api(amqp_url: str, tmp_path: Path) -> Iterator[PrivateApi]:
         "LEASE_SECONDS": "6",
         "MAX_ATTEMPTS": "3",
         "OUTBOX_INTERVAL_SECONDS": "0.5",
+        # Fault-tolerance settings (PLAN.md; an older private API ignores them): quick backoff in tests.
+        "INFRA_BACKOFF_SECONDS": "1",
+        "INFRA_BACKOFF_MAX_SECONDS": "2",
+        "REPUBLISH_AFTER_SECONDS": "10",
+        "CONSUMER_STALE_SECONDS": "5",
         "LOG_LEVEL": "WARNING",
+        **private_api_env,
     }
-    log_path = tmp_path / "private-api.log"
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            [PYTHON, "-m", "private_api"], cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT
-        )
-    api = PrivateApi(f"http://127.0.0.1:{port}", process, log_path)
+    api = PrivateApi(f"http://127.0.0.1:{port}", env, tmp_path / "private-api.log")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{api.url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the private API did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.2)
+        api.start()
         yield api
     finally:
         api.http.close()
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        api.stop()
         purge_queues(amqp_url)
 
 
@@ -247,6 +271,41 @@ def consumer_env(api: PrivateApi, amqp_url: str, consumer_id: str, work_dir: Pat
         "LOG_LEVEL": "INFO",
         **extra,
     }
+
+
+def start_consumer_process(
+    api: PrivateApi, amqp_url: str, consumer_id: str, tmp_path: Path, *, log_name: str | None = None, **extra: str
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """`python -m job_consumer` as its own process; it and the path of its log."""
+    work_dir = Path(extra.pop("WORK_DIR", str(tmp_path / consumer_id)))
+    env = {**os.environ, **consumer_env(api, amqp_url, consumer_id, work_dir, **extra)}
+    log_path = tmp_path / (log_name or f"{consumer_id}-{time.monotonic_ns()}.log")
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [PYTHON, "-m", "job_consumer"], cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    return process, log_path
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 60) -> int:
+    """SIGTERM a process and wait; SIGKILL when it does not stop. Its exit code."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+    return int(process.returncode)
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll check until it is true; fail with what after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
 
 
 class RunningWorker:

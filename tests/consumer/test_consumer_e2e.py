@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import stat
 import subprocess
@@ -19,30 +18,20 @@ import pytest
 
 from common.messages import CPU_QUEUE, GPU_QUEUE, encode
 from tests.consumer.conftest import (
-    PYTHON,
-    ROOT,
     PrivateApi,
     RunningWorker,
-    consumer_env,
     missing_state_route,
     queue_length,
     require_state_contract,
+    start_consumer_process,
     task_leftovers,
+    wait_until,
 )
 from tests.consumer.helpers import zip_bytes
 
 pytestmark = pytest.mark.docker
 
 StartWorker = Callable[..., RunningWorker]
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll check until it is true; fail with what after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def test_task_runs_and_output_comes_back(
@@ -179,9 +168,7 @@ def _consumer_process(
     api: PrivateApi, amqp_url: str, consumer_id: str, tmp_path: Path, **extra: str
 ) -> subprocess.Popen[bytes]:
     """`python -m job_consumer` as its own process."""
-    env = {**os.environ, **consumer_env(api, amqp_url, consumer_id, tmp_path / consumer_id, **extra)}
-    log = open(tmp_path / f"{consumer_id}-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115 - handed to the child
-    return subprocess.Popen([PYTHON, "-m", "job_consumer"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return start_consumer_process(api, amqp_url, consumer_id, tmp_path, **extra)[0]
 
 
 def test_kill_9_mid_task_then_the_task_completes_once(
