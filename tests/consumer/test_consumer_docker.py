@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import secrets
 import stat
 import tempfile
@@ -11,12 +12,15 @@ import time
 import zipfile
 from pathlib import Path
 
+import httpx
 import pytest
 
-from job_consumer.containers import RunResult
+from job_consumer.containers import Engine, RunResult
 from job_consumer.errors import ModelFailed, RetryLater
+from job_consumer.housekeeping import Housekeeping
 from job_consumer.outputs import folder_to_zip
-from job_consumer.sandbox import TaskRef, model_container_kwargs
+from job_consumer.private_api import PrivateApiClient
+from job_consumer.sandbox import SCOPE_LABEL, TaskRef, model_container_kwargs
 from job_consumer.schemas import ModelInfo
 from job_consumer.workspace import Workspace
 from tests.consumer.conftest import Box, make_box, remove_instance_containers
@@ -277,3 +281,81 @@ def test_log_tail_is_bounded(consumer_docker, model_images, tmp_path, consumer_i
         assert len(result.log_tail) <= 1024
     finally:
         remove_instance_containers(consumer_docker, consumer_id)
+
+
+def test_reaper_removes_orphans_by_lease_and_deadline(consumer_docker, model_images, tmp_path):
+    """Containers of this scope whose lease is not live, or past their deadline, go; live ones and others stay."""
+    scope = f"test-reap-{secrets.token_hex(4)}"
+    checked: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        leases = json.loads(request.content)["leases"]
+        checked.extend(leases)
+        return httpx.Response(200, json={"live": [lease["uid"].startswith("live") for lease in leases]})
+
+    api = PrivateApiClient(
+        "http://api",
+        token="t" * 32,
+        instance_id="me-0123456789ab",
+        consumer_name="me",
+        transport=httpx.MockTransport(handler),
+    )
+    workspace = Workspace(tmp_path / "work", instance_id="me-0123456789ab")
+    engine = Engine(consumer_docker, pull_missing_images=False)
+    housekeeping = Housekeeping(
+        api=api, engine=engine, workspace=workspace, queues=["inference.tasks.cpu"], scope=scope, gpu_device=None
+    )
+    future, past = int(time.time()) + 3600, int(time.time()) - 1
+
+    def container(uid: str, deadline: int, container_scope: str = scope) -> str:
+        task = TaskRef(uid, 1, "gone-0123456789ab", "gone", container_scope, deadline)
+        return consumer_docker.containers.create(model_images["sleep"], labels=task.labels("model")).id or ""
+
+    dead, live, late, other = (
+        container("dead-task-0123456789abcd", future),
+        container("live-task-0123456789abcd", future),
+        container("live-late-0123456789abcd", past),
+        container("dead-other-scope-01234567", future, "another-scope"),
+    )
+    orphan_dir = workspace.tasks_root / "gone-0123456789ab" / "dead-task-0123456789abcd-1"
+    live_dir = workspace.tasks_root / "gone-0123456789ab" / "live-task-0123456789abcd-1"
+    for folder in (orphan_dir, live_dir):
+        (folder / "output").mkdir(parents=True)
+    try:
+        assert housekeeping.reap() == 3
+        remaining = {c.id for c in consumer_docker.containers.list(all=True, filters={"label": f"{SCOPE_LABEL}"})}
+        assert live in remaining and other in remaining
+        assert dead not in remaining and late not in remaining
+        assert not orphan_dir.exists() and live_dir.is_dir()
+        assert {lease["consumer_id"] for lease in checked} == {"gone-0123456789ab"}
+    finally:
+        for container_id in (dead, live, late, other):
+            engine.remove(container_id)
+
+
+def test_reaper_skips_when_the_private_api_has_no_lease_check(consumer_docker, model_images, tmp_path):
+    """An older private API (no POST /internal/leases/check) means no reaping by lease, only by deadline."""
+    api = PrivateApiClient(
+        "http://api",
+        token="t" * 32,
+        instance_id="me-0123456789ab",
+        consumer_name="me",
+        transport=httpx.MockTransport(lambda request: httpx.Response(404, json={"detail": "Not Found"})),
+    )
+    scope = f"test-reap-{secrets.token_hex(4)}"
+    engine = Engine(consumer_docker, pull_missing_images=False)
+    housekeeping = Housekeeping(
+        api=api,
+        engine=engine,
+        workspace=Workspace(tmp_path / "w", instance_id="me-0123456789ab"),
+        queues=["inference.tasks.cpu"],
+        scope=scope,
+        gpu_device=None,
+    )
+    task = TaskRef("dead-task-0123456789abcd", 1, "gone-0123456789ab", "gone", scope, int(time.time()) + 3600)
+    kept = consumer_docker.containers.create(model_images["sleep"], labels=task.labels("model")).id or ""
+    try:
+        assert housekeeping.reap() == 0
+        assert consumer_docker.containers.get(kept)
+    finally:
+        engine.remove(kept)
