@@ -4,47 +4,85 @@ from __future__ import annotations
 
 import logging
 import sys
+import uuid
 
 import docker
 
 from common.settings import configure_logging
 from job_consumer.broker import Broker, queues_for
 from job_consumer.config import ConsumerSettings, load_settings
-from job_consumer.docker_executor import DockerExecutor
+from job_consumer.containers import Engine
+from job_consumer.housekeeping import Housekeeping
 from job_consumer.private_api import PrivateApiClient
+from job_consumer.sandbox import Sandbox, scope_of
+from job_consumer.task_runner import TaskRunner
 from job_consumer.worker import Worker
+from job_consumer.workspace import Workspace
 
 log = logging.getLogger("job_consumer")
 
 
-def build_worker(settings: ConsumerSettings) -> Worker:
+def new_instance_id(name: str) -> str:
+    """A unique id for this run of the consumer: its readable name plus a random suffix."""
+    return f"{name}-{uuid.uuid4().hex[:12]}"
+
+
+def build_worker(settings: ConsumerSettings, instance_id: str | None = None) -> Worker:
     """Wire the worker's collaborators from the settings."""
+    instance_id = instance_id or new_instance_id(settings.consumer_id)
     client = docker.DockerClient(base_url=settings.docker_host) if settings.docker_host else docker.from_env()
-    executor = DockerExecutor(
+    engine = Engine(
         client,
-        consumer_id=settings.consumer_id,
-        gpu_device=settings.gpu_device,
-        work_dir=settings.work_dir,
-        pids_limit=settings.pids_limit,
-        max_log_bytes=settings.max_log_bytes,
         pull_missing_images=settings.pull_missing_images,
         stop_timeout=settings.stop_timeout_seconds,
-        model_fill_timeout=settings.model_fill_timeout_seconds,
-        bind_mounts={"auto": None, "on": True, "off": False}[settings.bind_work_dir],
+        max_log_bytes=settings.max_log_bytes,
     )
     api = PrivateApiClient(
         settings.private_api_url,
         token=settings.internal_token,
-        consumer_id=settings.consumer_id,
+        instance_id=instance_id,
+        consumer_name=settings.consumer_id,
         timeout=settings.http_timeout_seconds,
+        retry_seconds=settings.private_api_retry_seconds,
     )
-    broker = Broker(settings.rabbitmq_url, queues_for(has_gpu=settings.gpu_device is not None))
-    return Worker(
-        broker=broker,
+    workspace = Workspace(
+        settings.work_dir,
+        instance_id=instance_id,
+        min_free_bytes=settings.min_free_disk_bytes,
+        fill_timeout=settings.model_fill_timeout_seconds,
+    )
+    scope = scope_of(settings.private_api_url)
+    queues = queues_for(has_gpu=settings.gpu_device is not None)
+    housekeeping = Housekeeping(
         api=api,
-        executor=executor,
-        work_dir=settings.work_dir,
+        engine=engine,
+        workspace=workspace,
+        queues=queues,
+        scope=scope,
+        gpu_device=settings.gpu_device,
+        gpu_probe_image=settings.gpu_probe_image,
+        heartbeat_seconds=settings.consumer_heartbeat_seconds,
+        reprobe_seconds=settings.gpu_reprobe_seconds,
+        reap_seconds=settings.reap_seconds,
+    )
+    runner = TaskRunner(
+        api=api,
+        engine=engine,
+        workspace=workspace,
+        sandbox=Sandbox(
+            gpu_device=settings.gpu_device,
+            pids_limit=settings.pids_limit,
+            max_log_bytes=settings.max_log_bytes,
+            tmp_size=settings.tmp_size,
+        ),
+        scope=scope,
         heartbeat_seconds=settings.heartbeat_seconds,
+        on_gpu_error=housekeeping.gpu_failed,
+    )
+    return Worker(
+        broker=Broker(settings.rabbitmq_url, housekeeping.active_queues()),
+        runner=runner,
+        housekeeping=housekeeping,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
         requeue_delay_seconds=settings.requeue_delay_seconds,
     )
@@ -63,16 +101,18 @@ def main(argv: list[str] | None = None) -> int:
     worker = build_worker(settings)
     worker.install_signal_handlers()
     log.info(
-        "consumer %s starting (GPU %s, private API %s)",
+        "consumer %s (instance %s) starting (GPU %s, private API %s, WORK_DIR %s)",
         settings.consumer_id,
+        worker.api.instance_id,
         settings.gpu_device or "none: CPU models only",
         settings.private_api_url,
+        settings.work_dir,
     )
     try:
         handled = worker.run(burst=burst)
     finally:
         worker.api.close()
-    log.info("consumer %s stopped after %d messages", settings.consumer_id, handled)
+    log.info("consumer %s stopped after %d messages", worker.api.instance_id, handled)
     return 0
 
 

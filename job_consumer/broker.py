@@ -48,7 +48,8 @@ class Broker:
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._pending: collections.deque[Delivery] = collections.deque()
-        self._consumer_tags: list[str] = []
+        # The queues consumed now, with their consumer tags (a GPU consumer drops its GPU queue while the GPU fails).
+        self._consumer_tags: dict[str, str] = {}
         # Bumped on every (re)connect: a delivery tag from an older channel cannot be acknowledged.
         self._generation = 0
 
@@ -73,13 +74,35 @@ class Broker:
             channel.basic_qos(prefetch_count=1, global_qos=True)
             self._channel = channel
             self._generation += 1
-            self._consumer_tags = [
-                channel.basic_consume(queue=name, on_message_callback=self._on_message) for name in self.queues
-            ]
+            self._consumer_tags = {}
+            self.set_queues(self.queues)
         except (pika.exceptions.AMQPError, OSError) as exc:
             self.close()
             raise BrokerError(f"cannot consume from RabbitMQ: {exc!r}") from exc
-        log.info("consuming %s", ", ".join(self.queues))
+
+    def set_queues(self, queues: list[str]) -> None:
+        """Consume exactly these queues from now on (at once when connected, else from the next connect)."""
+        self.queues = list(queues)
+        if not self.connected or self._channel is None:
+            return
+        changed = False
+        try:
+            for name in [q for q in self._consumer_tags if q not in self.queues]:
+                self._channel.basic_cancel(self._consumer_tags.pop(name))
+                changed = True
+            for name in [q for q in self.queues if q not in self._consumer_tags]:
+                self._consumer_tags[name] = self._channel.basic_consume(
+                    queue=name, on_message_callback=self._on_message
+                )
+                changed = True
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            self.close()
+            raise BrokerError(f"cannot change the consumed queues: {exc!r}") from exc
+        for delivery in [d for d in self._pending if d.queue not in self.queues]:
+            self._pending.remove(delivery)
+            self.requeue(delivery)
+        if changed:
+            log.info("consuming %s", ", ".join(self.queues) or "nothing")
 
     def _on_message(
         self, channel: BlockingChannel, method: Basic.Deliver, _props: BasicProperties, body: bytes
@@ -151,11 +174,11 @@ class Broker:
         """Take no new messages; deliveries not yet handled are requeued."""
         if self._channel is not None and self.connected:
             try:
-                for tag in self._consumer_tags:
+                for tag in self._consumer_tags.values():
                     self._channel.basic_cancel(tag)
             except (pika.exceptions.AMQPError, OSError) as exc:
                 log.warning("cancelling the consumers failed: %r", exc)
-        self._consumer_tags = []
+        self._consumer_tags = {}
         while self._pending:
             self.requeue(self._pending.popleft())
 
@@ -177,7 +200,7 @@ class Broker:
     def close(self) -> None:
         """Close the connection (unacknowledged messages go back to the queue)."""
         connection, self._connection, self._channel = self._connection, None, None
-        self._consumer_tags = []
+        self._consumer_tags = {}
         self._pending.clear()
         if connection is not None and connection.is_open:
             try:

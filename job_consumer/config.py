@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import socket
-import tempfile
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -29,13 +27,20 @@ class ConsumerSettings(ServiceSettings):
     pids_limit: int = Field(default=4096, ge=16)
     pull_missing_images: bool = True
     docker_host: str | None = None
-    work_dir: Path = Path(tempfile.gettempdir()) / "inference-consumer"
-    max_input_bytes: int = Field(default=64 * 1024**3, gt=0)
+    # Task and model folders live here and are bind-mounted into the model containers: the docker engine must see
+    # this path as the same folder (compose mounts the host's folder at the same path).
+    work_dir: Path = Path("/var/lib/inference-server/work")
+    min_free_disk_bytes: int = Field(default=1024**3, ge=0)
     model_fill_timeout_seconds: float = Field(default=3600.0, gt=0)
     http_timeout_seconds: float = Field(default=60.0, gt=0)
-    # auto: bind-mount task folders under WORK_DIR when the engine sees WORK_DIR at the same path (probed at the
-    # first task); off: always volumes filled and read through the engine; on: always bind-mount (no probe).
-    bind_work_dir: Literal["auto", "on", "off"] = "auto"
+    # How long calls to the private API are retried (connection errors, 5xx) before the consumer gives up.
+    private_api_retry_seconds: float = Field(default=900.0, ge=0)
+    consumer_heartbeat_seconds: float = Field(default=10.0, gt=0)
+    gpu_reprobe_seconds: float = Field(default=60.0, gt=0)
+    reap_seconds: float = Field(default=60.0, gt=0)
+    # The tiny container that checks the GPU (a device request for GPU_DEVICE, command `true`).
+    gpu_probe_image: str = "busybox"
+    tmp_size: str = "1g"
 
     @field_validator("gpu_device", "docker_host", mode="before")
     @classmethod
@@ -44,17 +49,6 @@ class ConsumerSettings(ServiceSettings):
         if isinstance(value, str) and not value.strip():
             return None
         return value.strip() if isinstance(value, str) else value
-
-    @field_validator("bind_work_dir", mode="before")
-    @classmethod
-    def _on_off(cls, value: object) -> object:
-        """BIND_WORK_DIR also takes the usual spellings of true and false."""
-        if isinstance(value, str):
-            value = value.strip().lower()
-            return {"true": "on", "1": "on", "yes": "on", "false": "off", "0": "off", "no": "off", "": "auto"}.get(
-                value, value
-            )
-        return value
 
     @field_validator("rabbitmq_url")
     @classmethod

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 __all__ = [
     "ConsumerError",
+    "DiskFull",
     "DockerUnavailable",
+    "GpuUnusable",
     "LeaseLost",
     "ModelFailed",
     "PrivateApiError",
@@ -30,12 +32,20 @@ class LeaseLost(ConsumerError):
 
 
 class RetryLater(ConsumerError):
-    """An infrastructure problem (not the model's fault): release the task and requeue it."""
+    """A problem of the host, not of the model: the task is released (infrastructure=true) and runs again later."""
 
 
 class PrivateApiError(RetryLater):
-    """The private API could not be reached or answered something unexpected."""
+    """The private API could not be reached (for the whole retry window) or answered something unexpected."""
 
 
 class DockerUnavailable(RetryLater):
-    """The docker engine failed in a way that is not the model's fault."""
+    """The docker engine failed in a way that is not the model's fault (lost connection, runtime error)."""
+
+
+class GpuUnusable(RetryLater):
+    """The pinned GPU cannot be used (no NVIDIA runtime, driver error, wrong GPU_DEVICE)."""
+
+
+class DiskFull(RetryLater):
+    """WORK_DIR has too little free space (below MIN_FREE_DISK_BYTES, or ENOSPC while writing)."""

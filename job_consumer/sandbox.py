@@ -1,75 +1,170 @@
-"""The whole sandbox policy for a model container, in one function."""
+"""The whole sandbox policy for a model container (and the GPU probe), in one place."""
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from docker.types import DeviceRequest, LogConfig
+from docker.types import DeviceRequest, LogConfig, Mount, Ulimit
 
 from job_consumer.schemas import ModelInfo
 
-__all__ = ["CONSUMER_LABEL", "MODEL_LABEL", "ROLE_LABEL", "TASK_LABEL", "model_container_kwargs", "task_labels"]
+__all__ = [
+    "ATTEMPT_LABEL",
+    "CONSUMER_LABEL",
+    "DEADLINE_LABEL",
+    "DEFAULT_USER",
+    "INSTANCE_LABEL",
+    "MODEL_ID_LABEL",
+    "MODEL_LABEL",
+    "ROLE_LABEL",
+    "SCOPE_LABEL",
+    "TASK_LABEL",
+    "Sandbox",
+    "TaskRef",
+    "gpu_probe_kwargs",
+    "model_container_kwargs",
+    "scope_of",
+]
 
 TASK_LABEL = "inference-server.task"
+INSTANCE_LABEL = "inference-server.instance"
 CONSUMER_LABEL = "inference-server.consumer"
+ATTEMPT_LABEL = "inference-server.attempt"
+DEADLINE_LABEL = "inference-server.deadline"
+SCOPE_LABEL = "inference-server.scope"
 MODEL_LABEL = "inference-server.model"
+MODEL_ID_LABEL = "inference-server.model-id"
 ROLE_LABEL = "inference-server.role"
 
 DEFAULT_MEM_LIMIT = "4g"
 DEFAULT_SHM_SIZE = "1g"
+# nobody:nogroup. A model whose image needs root sets the model's `user` (e.g. "0:0").
+DEFAULT_USER = "65534:65534"
+NOFILE = 8192
 
 
-def task_labels(*, task_uid: str, consumer_id: str, role: str) -> dict[str, str]:
-    """The labels every container and volume of a task carries, so cleanup can find them."""
-    return {TASK_LABEL: task_uid, CONSUMER_LABEL: consumer_id, ROLE_LABEL: role}
+def scope_of(private_api_url: str) -> str:
+    """The label value that tells one deployment's containers from another's on a shared engine."""
+    return hashlib.sha256(private_api_url.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    """Who runs which attempt of which task, until when: what every container of the task is labelled with."""
+
+    uid: str
+    attempt: int
+    instance_id: str
+    consumer_name: str
+    scope: str
+    deadline: int  # unix epoch seconds after which the container is an orphan whatever its lease says
+
+    def labels(self, role: str) -> dict[str, str]:
+        """The labels by which cleanup and the orphan reaper find the task's containers."""
+        return {
+            TASK_LABEL: self.uid,
+            INSTANCE_LABEL: self.instance_id,
+            CONSUMER_LABEL: self.consumer_name,
+            ATTEMPT_LABEL: str(self.attempt),
+            DEADLINE_LABEL: str(self.deadline),
+            SCOPE_LABEL: self.scope,
+            ROLE_LABEL: role,
+        }
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """The consumer-wide parts of the policy (from its settings)."""
+
+    gpu_device: str | None
+    pids_limit: int = 4096
+    max_log_bytes: int = 1024 * 1024
+    tmp_size: str = "1g"
+    default_user: str = DEFAULT_USER
+
+
+def _gpu_access(use_gpu: bool, gpu_device: str | None) -> dict[str, Any]:
+    """Exactly the pinned GPU for a GPU task; none at all for a CPU task, whatever the image's environment says."""
+    if not use_gpu:
+        # Images such as PyTorch's set NVIDIA_VISIBLE_DEVICES=all, which nvidia as default runtime would honour.
+        return {"environment": {"NVIDIA_VISIBLE_DEVICES": "void"}}
+    assert gpu_device is not None
+    return {
+        "environment": {"NVIDIA_VISIBLE_DEVICES": gpu_device},
+        "device_requests": [DeviceRequest(device_ids=[gpu_device], capabilities=[["gpu"]])],
+    }
 
 
 def model_container_kwargs(
     *,
     model: ModelInfo,
-    task_uid: str,
-    consumer_id: str,
-    input_volume: str,
-    output_volume: str,
-    model_volume: str | None,
-    gpu_device: str | None,
-    pids_limit: int,
-    max_log_bytes: int,
+    task: TaskRef,
+    input_dir: Path,
+    output_dir: Path,
+    model_dir: Path | None,
+    sandbox: Sandbox,
 ) -> dict[str, Any]:
-    """Keyword arguments for `containers.create` that run `model` locked down; ValueError for a GPU model sans GPU."""
-    if model.use_gpu and not gpu_device:
+    """Keyword arguments for `containers.create` that run `model` locked down; ValueError for a GPU model sans GPU.
+
+    /input and /model are read-only bind mounts of folders under WORK_DIR, /output a writable one: the engine copies
+    nothing from the image into them, and whatever the image holds at those paths is hidden, never collected.
+    """
+    if model.use_gpu and not sandbox.gpu_device:
         raise ValueError(f"model {model.human_readable_id!r} needs a GPU and this consumer has none")
-    # Each source is a volume name, or a host folder (an absolute path) when the task's folders are bind-mounted.
-    volumes = {
-        input_volume: {"bind": "/input", "mode": "ro"},
-        output_volume: {"bind": "/output", "mode": "rw"},
-    }
-    if model_volume:
-        volumes[model_volume] = {"bind": "/model", "mode": "ro"}
+    mounts = [
+        Mount(target="/input", source=str(input_dir), type="bind", read_only=True),
+        Mount(target="/output", source=str(output_dir), type="bind", read_only=False),
+    ]
+    if model_dir is not None:
+        mounts.append(Mount(target="/model", source=str(model_dir), type="bind", read_only=True))
     mem_limit = model.mem_limit or DEFAULT_MEM_LIMIT
+    labels = task.labels("model")
+    if model.content_key:
+        labels[MODEL_LABEL] = model.content_key
     kwargs: dict[str, Any] = {
         "image": model.container_tag,
-        "labels": task_labels(task_uid=task_uid, consumer_id=consumer_id, role="model"),
-        "volumes": volumes,
+        "labels": labels,
+        "mounts": mounts,
+        "user": model.user or sandbox.default_user,
         "network_mode": "bridge" if model.network else "none",
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
-        "pids_limit": pids_limit,
+        "pids_limit": sandbox.pids_limit,
         "mem_limit": mem_limit,
         # Same as mem_limit: no swap on top, so the limit the user set is the limit that holds.
         "memswap_limit": mem_limit,
         "shm_size": model.shm_size or DEFAULT_SHM_SIZE,
+        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={sandbox.tmp_size},mode=1777"},
+        "ulimits": [Ulimit(name="core", soft=0, hard=0), Ulimit(name="nofile", soft=NOFILE, hard=NOFILE)],
         "init": True,
         "ipc_mode": "private",
         # The engine keeps a bounded log, so a chatty model cannot fill the host's disk.
         "log_config": LogConfig(
             type=LogConfig.types.JSON,
-            config={"max-size": str(max(max_log_bytes, 1024 * 1024)), "max-file": "2"},
+            config={"max-size": str(max(sandbox.max_log_bytes, 1024 * 1024)), "max-file": "2"},
         ),
         "detach": True,
+        **_gpu_access(model.use_gpu, sandbox.gpu_device),
     }
     if model.cpus:
         kwargs["nano_cpus"] = int(model.cpus * 1_000_000_000)
-    if model.use_gpu and gpu_device:
-        kwargs["device_requests"] = [DeviceRequest(device_ids=[gpu_device], capabilities=[["gpu"]])]
     return kwargs
+
+
+def gpu_probe_kwargs(*, image: str, gpu_device: str, labels: dict[str, str]) -> dict[str, Any]:
+    """A throw-away container asking for exactly the pinned GPU and running `true`: it starts only if the GPU can."""
+    return {
+        "image": image,
+        "command": ["true"],
+        "entrypoint": [],
+        "labels": {**labels, ROLE_LABEL: "gpu-probe"},
+        "network_mode": "none",
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "user": DEFAULT_USER,
+        "detach": True,
+        **_gpu_access(True, gpu_device),
+    }

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import re
+
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Claim", "ModelInfo", "TaskInfo"]
+__all__ = ["Claim", "ModelInfo", "TaskInfo", "parse_size"]
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)b?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(value: str | int) -> int:
+    """Bytes in a docker size string (`512m`, `50g`) or an int; ValueError for anything else."""
+    if isinstance(value, int):
+        return value
+    match = _SIZE_RE.match(value)
+    if not match:
+        raise ValueError(f"not a size: {value!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
 class ModelInfo(BaseModel):
@@ -24,6 +39,9 @@ class ModelInfo(BaseModel):
     shm_size: str | None = None
     cpus: float | None = Field(default=None, gt=0)
     network: bool = False
+    # Newer private APIs send these (migration 0002); older ones do not, so both are optional.
+    user: str | None = None
+    max_output_size: str | int | None = None
 
     @property
     def content_key(self) -> str | None:
@@ -31,6 +49,14 @@ class ModelInfo(BaseModel):
         if not self.model_available or not self.zip_sha256:
             return None
         return f"{self.human_readable_id}-{self.zip_sha256[:16]}"
+
+    @property
+    def max_output_bytes(self) -> int | None:
+        """max_output_size in bytes, or None when the private API sets no limit."""
+        if self.max_output_size in (None, ""):
+            return None
+        assert self.max_output_size is not None
+        return parse_size(self.max_output_size)
 
 
 class TaskInfo(BaseModel):

@@ -41,8 +41,7 @@ from inference_client import (
     ValidationError,
 )
 from inference_client.cli import main
-from job_consumer.docker_executor import MODEL_ID_LABEL
-from job_consumer.sandbox import CONSUMER_LABEL
+from job_consumer.sandbox import CONSUMER_LABEL, MODEL_ID_LABEL
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
 

@@ -2,54 +2,75 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
+import secrets
 import stat
+import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
-import docker
+import httpx
 import pytest
 
-from job_consumer.docker_executor import DockerExecutor, RunResult
-from job_consumer.errors import ModelFailed
-from job_consumer.sandbox import TASK_LABEL
+from job_consumer.containers import Engine, RunResult
+from job_consumer.errors import ModelFailed, RetryLater
+from job_consumer.housekeeping import Housekeeping
+from job_consumer.outputs import folder_to_zip
+from job_consumer.private_api import PrivateApiClient
+from job_consumer.sandbox import SCOPE_LABEL, TaskRef, model_container_kwargs
 from job_consumer.schemas import ModelInfo
+from job_consumer.workspace import Workspace
+from tests.consumer.conftest import Box, make_box, remove_instance_containers
 from tests.consumer.helpers import make_model, make_zip, read_member, zip_entries
 
 pytestmark = pytest.mark.docker
 
 
 def run_task(
-    executor: DockerExecutor,
+    box: Box,
     model: ModelInfo,
     tmp_path: Path,
     files: dict[str, bytes | None] | None = None,
     *,
-    model_volume: str | None = None,
+    model_dir: Path | None = None,
     abort: threading.Event | None = None,
     uid: str = "task-uid-0123456789abcdefghij",
 ) -> tuple[RunResult, Path]:
-    """Prepare, run and collect one task the way the worker does; cleans up the task afterwards."""
-    input_zip = make_zip(tmp_path / "input.zip", files if files is not None else {"a.txt": b"hello"})
+    """Provision, run and collect one task the way the task runner does; cleans up the task afterwards."""
+    dirs = box.workspace.task_dirs(uid, 1)
+    make_zip(dirs.input_zip, files if files is not None else {"a.txt": b"hello"})
+    container = None
     try:
-        executor.ensure_image(model.container_tag)
-        volumes = executor.prepare_task(task_uid=uid, model=model, input_zip=input_zip)
-        result = executor.run(
-            task_uid=uid, model=model, volumes=volumes, model_volume=model_volume, abort=abort or threading.Event()
+        box.workspace.extract_input(dirs)
+        box.engine.ensure_image(model.container_tag)
+        task = TaskRef(uid, 1, box.instance_id, "test", "test-scope", int(time.time() + model.timeout + 60))
+        kwargs = model_container_kwargs(
+            model=model,
+            task=task,
+            input_dir=dirs.input,
+            output_dir=dirs.output,
+            model_dir=model_dir,
+            sandbox=box.sandbox,
         )
-        output = tmp_path / "output.zip"
-        executor.write_output_zip(result.container_id, output, volumes)
+        container = box.engine.create(kwargs)
+        started = box.engine.start(container)
+        result = box.engine.wait(container, timeout=model.timeout, abort=abort or threading.Event(), started=started)
+        output = tmp_path / f"output-{secrets.token_hex(3)}.zip"
+        folder_to_zip(dirs.output, output)
         return result, output
     finally:
-        executor.cleanup_task(uid)
+        if container is not None:
+            box.engine.remove(container.id or "")
+        box.workspace.remove_task(dirs)
 
 
-def test_output_keeps_nested_and_empty_folders_and_modes(executor: DockerExecutor, model_images, tmp_path):
+def test_output_keeps_nested_and_empty_folders_and_modes(box: Box, model_images, tmp_path):
     """The whole /output tree comes back: nested input copy, an empty folder, an executable's mode."""
     files = {"scans/ct/slice1.dcm": b"\x00\x01" * 1000, "notes.txt": b"n", "emptydir/": None}
-    result, output = run_task(executor, make_model(model_images["copy"]), tmp_path, files)
+    result, output = run_task(box, make_model(model_images["copy"]), tmp_path, files)
     assert result.exit_code == 0, result.log_tail
     entries = zip_entries(output)
     assert read_member(output, "nested/deeper/scans/ct/slice1.dcm") == b"\x00\x01" * 1000
@@ -58,65 +79,97 @@ def test_output_keeps_nested_and_empty_folders_and_modes(executor: DockerExecuto
     assert "nested/deeper/emptydir/" in entries
     assert stat.S_IMODE(entries["run-me.sh"].external_attr >> 16) == 0o750
     assert b"copied 3 entries" in result.log_tail
+    assert not list(box.workspace.tasks_root.rglob("task-uid-*")), "the task's folders are removed"
 
 
-def test_empty_output_is_a_valid_empty_zip(executor: DockerExecutor, model_images, tmp_path):
+def test_empty_output_is_a_valid_empty_zip(box: Box, model_images, tmp_path):
     """A model that writes nothing gives a zip with no entries."""
-    result, output = run_task(executor, make_model(model_images["exit3"]), tmp_path)
+    result, output = run_task(box, make_model(model_images["exit3"]), tmp_path)
     assert result.exit_code == 3
     with zipfile.ZipFile(output) as archive:
         assert archive.namelist() == []
         assert archive.testzip() is None
 
 
-def test_exit_code_and_stderr_tail(executor: DockerExecutor, model_images, tmp_path):
+def test_exit_code_and_stderr_tail(box: Box, model_images, tmp_path):
     """A non-zero exit is reported with the log's tail, stdout and stderr both."""
-    result, _ = run_task(executor, make_model(model_images["exit3"]), tmp_path)
+    result, _ = run_task(box, make_model(model_images["exit3"]), tmp_path)
     assert result.exit_code == 3 and not result.oom_killed and not result.timed_out
     assert b"no DICOM series found" in result.log_tail and b"starting up" in result.log_tail
 
 
-def test_timeout_kills_the_container(executor: DockerExecutor, model_images, tmp_path):
+def test_timeout_kills_the_container(box: Box, model_images, tmp_path):
     """Past its timeout the container is killed promptly."""
     started = time.monotonic()
-    result, _ = run_task(executor, make_model(model_images["sleep"], timeout=2), tmp_path)
+    result, _ = run_task(box, make_model(model_images["sleep"], timeout=2), tmp_path)
     assert result.timed_out
     assert time.monotonic() - started < 20
 
 
-def test_memory_limit_is_enforced(executor: DockerExecutor, model_images, tmp_path):
+def test_memory_limit_is_enforced(box: Box, model_images, tmp_path):
     """Allocating past mem_limit ends in the OOM killer (exit 137 or the OOMKilled flag)."""
-    result, _ = run_task(executor, make_model(model_images["oom"], mem_limit="32m"), tmp_path)
+    result, _ = run_task(box, make_model(model_images["oom"], mem_limit="32m"), tmp_path)
     assert result.oom_killed or result.exit_code == 137, (result.exit_code, result.log_tail)
 
 
-def test_no_network_unless_asked(executor: DockerExecutor, model_images, tmp_path):
+def test_no_network_unless_asked(box: Box, model_images, tmp_path):
     """Without `network` the container has only a loopback interface; with it, it has eth0."""
-    _, output = run_task(executor, make_model(model_images["network"]), tmp_path)
+    _, output = run_task(box, make_model(model_images["network"]), tmp_path)
     netdev = read_member(output, "netdev.txt").decode()
     assert "lo:" in netdev and "eth0" not in netdev
     assert read_member(output, "network.txt").strip() == b"unreachable"
-    _, output = run_task(
-        executor, make_model(model_images["network"], network=True), tmp_path, uid="task-uid-net2-0123456789abc"
-    )
+    _, output = run_task(box, make_model(model_images["network"], network=True), tmp_path, uid="task-uid-net2-0123456")
     assert "eth0" in read_member(output, "netdev.txt").decode()
 
 
-def test_input_and_model_are_read_only_and_capabilities_dropped(executor: DockerExecutor, model_images, tmp_path):
-    """Writing into /input or /model fails; no capabilities; no-new-privileges is on."""
+def test_input_and_model_are_read_only_and_capabilities_dropped(box: Box, model_images, tmp_path):
+    """Writing into /input or /model fails; no capabilities; no-new-privileges; not root."""
     model = make_model(model_images["write_ro"], model_available=True, zip_sha256="ab" * 32)
     zip_path = make_zip(tmp_path / "model.zip", {"weights.txt": b"w"})
-    volume = executor.ensure_model_volume(model, lambda dest: dest.write_bytes(zip_path.read_bytes()))
-    _, output = run_task(executor, model, tmp_path, model_volume=volume)
+    model_dir = box.workspace.model_dir(model, lambda dest: dest.write_bytes(zip_path.read_bytes()))
+    _, output = run_task(box, model, tmp_path, model_dir=model_dir)
     assert read_member(output, "input-rc.txt").strip() != b"0"
     assert b"Read-only file system" in read_member(output, "input-error.txt")
     assert read_member(output, "model-rc.txt").strip() != b"0"
     status = read_member(output, "status.txt").decode()
     assert "CapEff:\t0000000000000000" in status and "NoNewPrivs:\t1" in status
+    assert read_member(output, "uid.txt").strip() == b"65534"
 
 
-def test_model_content_is_mounted_and_kept(executor: DockerExecutor, consumer_docker, model_images, tmp_path):
-    """Model content is filled once per host, mounted at /model, and kept after the task."""
+def test_sandbox_user_limits_tmp_and_no_gpu(box: Box, model_images, tmp_path):
+    """Non-root 65534:65534, core 0, nofile 8192, a size-limited /tmp that works, NVIDIA_VISIBLE_DEVICES=void."""
+    _, output = run_task(box, make_model(model_images["sandbox_facts"]), tmp_path)
+    facts = {name: read_member(output, name).decode().strip() for name in zip_entries(output)}
+    assert facts["uid.txt"] == "65534" and facts["gid.txt"] == "65534"
+    assert facts["core.txt"] == "0" and facts["nofile.txt"] == "8192"
+    assert "tmpfs" in facts["tmp-mount.txt"] and "size=1048576k" in facts["tmp-mount.txt"]
+    assert facts["tmp-write.txt"] == "wrote to /tmp"
+    assert facts["nvidia.txt"] == "void"
+    _, output = run_task(
+        box, make_model(model_images["sandbox_facts"], user="0:0"), tmp_path, uid="task-uid-root-01234567"
+    )
+    assert read_member(output, "uid.txt").strip() == b"0", "the model's `user` overrides the default"
+
+
+def test_what_the_image_holds_at_input_and_output_never_shows(box: Box, consumer_docker, model_images, tmp_path):
+    """Files an image has at /input and /output are hidden by the mounts and never end up in the result."""
+    base = model_images["sandbox_facts"]
+    tag = f"inference-server-test/consumer-baked:{base.rsplit(':', 1)[1]}"
+    with tempfile.TemporaryDirectory() as context:
+        (Path(context) / "Dockerfile").write_text(
+            f"FROM {base}\nRUN mkdir -p /input /output && echo baked > /input/baked.txt"
+            " && echo baked > /output/baked.txt\n"
+        )
+        consumer_docker.images.build(path=context, tag=tag, rm=True, labels={"inference-server.test": "consumer"})
+    _, output = run_task(box, make_model(tag), tmp_path, {"mine.txt": b"m"})
+    names = set(zip_entries(output))
+    assert "baked.txt" not in names
+    assert "baked.txt" not in read_member(output, "input-listing.txt").decode()
+    assert "mine.txt" in read_member(output, "input-listing.txt").decode()
+
+
+def test_model_content_is_mounted_and_kept(box: Box, model_images, tmp_path):
+    """Model content is filled once per host, mounted read-only at /model, and kept after the task."""
     model = make_model(model_images["read_model"], model_available=True, zip_sha256="cd" * 32)
     zip_path = make_zip(tmp_path / "model.zip", {"weights.txt": b"the weights", "sub/more.bin": b"x"})
     fetches: list[Path] = []
@@ -125,223 +178,184 @@ def test_model_content_is_mounted_and_kept(executor: DockerExecutor, consumer_do
         fetches.append(dest)
         dest.write_bytes(zip_path.read_bytes())
 
-    try:
-        volume = executor.ensure_model_volume(model, fetch)
-        assert volume and executor.ensure_model_volume(model, fetch) == volume
-        assert len(fetches) == 1
-        _, output = run_task(executor, model, tmp_path, model_volume=volume)
-        assert read_member(output, "weights-seen.txt") == b"the weights"
-        assert consumer_docker.volumes.get(volume)
-    finally:
-        _remove_model_volumes(consumer_docker, model)
+    model_dir = box.workspace.model_dir(model, fetch)
+    assert model_dir and box.workspace.model_dir(model, fetch) == model_dir
+    assert len(fetches) == 1
+    _, output = run_task(box, model, tmp_path, model_dir=model_dir)
+    assert read_member(output, "weights-seen.txt") == b"the weights"
+    assert (model_dir / "weights.txt").read_bytes() == b"the weights"
 
 
-def test_interrupted_fill_is_redone_and_changed_zip_gets_a_new_volume(
-    executor: DockerExecutor, consumer_docker, model_images, tmp_path
-):
-    """A fill that died half-way (no ready marker) is redone; a new zip sha256 gives a new volume, the old goes."""
+def test_interrupted_fill_is_redone_and_changed_zip_gets_a_new_folder(box: Box, model_images, tmp_path):
+    """A fill that died half-way leaves nothing that counts; a new zip sha256 gives a new folder."""
     model = make_model(model_images["read_model"], model_available=True, zip_sha256="ef" * 32)
     zip_one = make_zip(tmp_path / "one.zip", {"weights.txt": b"one"})
 
     def broken(dest: Path) -> None:
+        dest.write_bytes(b"PK half a zip")
         raise ConnectionError("the download broke half-way")
 
-    try:
-        with pytest.raises(ConnectionError):
-            executor.ensure_model_volume(model, broken)
-        volume = executor.ensure_model_volume(model, lambda d: d.write_bytes(zip_one.read_bytes()))
-        _, output = run_task(executor, model, tmp_path, model_volume=volume)
-        assert read_member(output, "weights-seen.txt") == b"one"
+    with pytest.raises(ConnectionError):
+        box.workspace.model_dir(model, broken)
+    assert not [p for p in box.workspace.models_root.iterdir() if not p.name.endswith(".lock")]
+    model_dir = box.workspace.model_dir(model, lambda d: d.write_bytes(zip_one.read_bytes()))
+    _, output = run_task(box, model, tmp_path, model_dir=model_dir)
+    assert read_member(output, "weights-seen.txt") == b"one"
 
-        changed = model.model_copy(update={"zip_sha256": "12" * 32})
-        zip_two = make_zip(tmp_path / "two.zip", {"weights.txt": b"two"})
-        volume_two = executor.ensure_model_volume(changed, lambda d: d.write_bytes(zip_two.read_bytes()))
-        assert volume_two != volume
-        _, output = run_task(executor, changed, tmp_path, model_volume=volume_two)
-        assert read_member(output, "weights-seen.txt") == b"two"
-        with pytest.raises(docker.errors.NotFound):
-            consumer_docker.volumes.get(volume)
-    finally:
-        _remove_model_volumes(consumer_docker, model)
+    changed = model.model_copy(update={"zip_sha256": "12" * 32})
+    zip_two = make_zip(tmp_path / "two.zip", {"weights.txt": b"two"})
+    dir_two = box.workspace.model_dir(changed, lambda d: d.write_bytes(zip_two.read_bytes()))
+    assert model_dir is not None and dir_two is not None and dir_two != model_dir
+    assert [key for key, _ in box.workspace.old_model_versions(changed)] == [model.content_key]
+    box.workspace.remove_model_version(model.content_key or "")
+    assert not model_dir.exists() and dir_two.is_dir()
 
 
-def test_two_consumers_fill_a_model_volume_once(consumer_docker, model_images, tmp_path):
-    """Two consumers on one engine asking for the same content at once: one downloads, both get the volume."""
-    model = make_model(model_images["read_model"], model_available=True, zip_sha256="77" * 32)
+def test_two_consumers_fill_model_content_once(tmp_path):
+    """Two consumers on one host asking for the same content at once: one downloads (under the flock), both get it."""
+    model = make_model("img", model_available=True, zip_sha256="77" * 32)
     zip_path = make_zip(tmp_path / "model.zip", {"weights.txt": b"shared"})
     fetches: list[str] = []
 
     def slow_fetch(dest: Path) -> None:
         fetches.append(dest.name)
-        time.sleep(2)
+        time.sleep(1.5)
         dest.write_bytes(zip_path.read_bytes())
 
-    executors = [
-        DockerExecutor(
-            consumer_docker, consumer_id=f"test-fill-{i}-{time.time_ns()}", gpu_device=None, work_dir=tmp_path / str(i)
-        )
-        for i in range(2)
-    ]
-    results: list[str | None] = []
-    threads = [
-        threading.Thread(target=lambda e=e: results.append(e.ensure_model_volume(model, slow_fetch))) for e in executors
-    ]
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
-        assert len(results) == 2 and results[0] == results[1] and results[0]
-        assert len(fetches) == 1
-    finally:
-        for ex in executors:
-            ex.cleanup_leftovers()
-        _remove_model_volumes(consumer_docker, model)
+    workspaces = [Workspace(tmp_path / "work", instance_id=f"c{i}") for i in range(2)]
+    results: list[Path | None] = []
+    threads = [threading.Thread(target=lambda w=w: results.append(w.model_dir(model, slow_fetch))) for w in workspaces]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(results) == 2 and results[0] == results[1] and results[0]
+    assert len(fetches) == 1
+    assert (results[0] / "weights.txt").read_bytes() == b"shared"
 
 
-def test_abort_stops_the_container_within_seconds(executor: DockerExecutor, model_images, tmp_path):
+def test_fill_lock_is_an_flock_and_waits(tmp_path):
+    """While another process holds the model's lock file, a fill waits and gives up after its timeout."""
+    model = make_model("img", model_available=True, zip_sha256="88" * 32)
+    workspace = Workspace(tmp_path / "work", instance_id="c", fill_timeout=1.0)
+    workspace.models_root.mkdir(parents=True)
+    with open(workspace.models_root / f".{model.content_key}.lock", "a") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        with pytest.raises(RetryLater, match="gave up waiting"):
+            workspace.model_dir(model, lambda dest: None)
+
+
+def test_abort_stops_the_container_within_seconds(box: Box, model_images, tmp_path):
     """Setting abort (cancel, lost lease) stops a running container within a few seconds."""
     abort = threading.Event()
     timer = threading.Timer(2.0, abort.set)
     timer.start()
     started = time.monotonic()
-    result, _ = run_task(executor, make_model(model_images["sleep"], timeout=120), tmp_path, abort=abort)
+    result, _ = run_task(box, make_model(model_images["sleep"], timeout=120), tmp_path, abort=abort)
     assert result.aborted and not result.timed_out
     assert time.monotonic() - started < 15
 
 
-def test_missing_image_is_a_model_failure(executor: DockerExecutor):
-    """An image that is neither here nor pullable fails the task with a clear message."""
+def test_missing_image_is_a_model_failure(box: Box):
+    """An image that is neither here nor to be pulled fails the task with a clear message."""
     with pytest.raises(ModelFailed, match="not on this host"):
-        executor.ensure_image("inference-server-test/does-not-exist:nope")
+        box.engine.ensure_image("inference-server-test/does-not-exist:nope")
 
 
-def test_unsafe_input_zip_is_a_model_failure(executor: DockerExecutor, model_images, tmp_path):
-    """An input zip that escapes its folder is refused before anything runs; nothing is left behind."""
-    bad = tmp_path / "bad.zip"
-    with zipfile.ZipFile(bad, "w") as archive:
+def test_unsafe_input_zip_is_a_model_failure(box: Box, tmp_path):
+    """An input zip that escapes its folder is refused before anything runs."""
+    dirs = box.workspace.task_dirs("task-uid-unsafe-0123456789ab", 1)
+    with zipfile.ZipFile(dirs.input_zip, "w") as archive:
         archive.writestr("../escape.txt", b"x")
-    uid = "task-uid-unsafe-0123456789ab"
-    model = make_model(model_images["copy"])
-    try:
-        with pytest.raises(ModelFailed, match="rejected"):
-            executor.prepare_task(task_uid=uid, model=model, input_zip=bad)
-    finally:
-        executor.cleanup_task(uid)
-    assert not executor.client.volumes.list(filters={"label": f"{TASK_LABEL}={uid}"})
-
-
-def test_cleanup_removes_containers_and_volumes_by_label(
-    executor: DockerExecutor, consumer_docker, model_images, tmp_path
-):
-    """cleanup_leftovers finds a crashed run's containers and volumes by the consumer's label."""
-    uid = "task-uid-leftover-0123456789"
-    model = make_model(model_images["sleep"])
-    volumes = executor.prepare_task(task_uid=uid, model=model, input_zip=make_zip(tmp_path / "i.zip", {"a": b"b"}))
-    consumer_docker.containers.create(
-        model.container_tag, labels={TASK_LABEL: uid, "inference-server.consumer": executor.consumer_id}
-    )
-    assert executor.cleanup_leftovers() >= 3
-    assert not consumer_docker.containers.list(all=True, filters={"label": f"{TASK_LABEL}={uid}"})
-    for name in (volumes.input, volumes.output):
-        with pytest.raises(docker.errors.NotFound):
-            consumer_docker.volumes.get(name)
+    with pytest.raises(ModelFailed, match="rejected"):
+        box.workspace.extract_input(dirs)
+    box.workspace.remove_task(dirs)
+    assert not list(tmp_path.rglob("escape.txt"))
 
 
 def test_log_tail_is_bounded(consumer_docker, model_images, tmp_path, consumer_id):
     """Only the last max_log_bytes of the log are kept."""
-    ex = DockerExecutor(
-        consumer_docker, consumer_id=consumer_id, gpu_device=None, work_dir=tmp_path / "w", max_log_bytes=1024
-    )
+    small = make_box(consumer_docker, tmp_path / "w", consumer_id, max_log_bytes=1024)
     try:
-        result, _ = run_task(ex, make_model(model_images["big_output"]), tmp_path, {"x": b"y"})
+        result, _ = run_task(small, make_model(model_images["big_output"]), tmp_path, {"x": b"y"})
         assert len(result.log_tail) <= 1024
     finally:
-        ex.cleanup_leftovers()
+        remove_instance_containers(consumer_docker, consumer_id)
 
 
-@pytest.fixture
-def bind_executor(consumer_docker: docker.DockerClient, consumer_id: str, tmp_path: Path):
-    """A CPU executor that probes whether the engine sees its work dir (it does here: same host, root)."""
-    ex = DockerExecutor(
-        consumer_docker, consumer_id=consumer_id, gpu_device=None, work_dir=tmp_path / "work", bind_mounts=None
+def test_reaper_removes_orphans_by_lease_and_deadline(consumer_docker, model_images, tmp_path):
+    """Containers of this scope whose lease is not live, or past their deadline, go; live ones and others stay."""
+    scope = f"test-reap-{secrets.token_hex(4)}"
+    checked: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        leases = json.loads(request.content)["leases"]
+        checked.extend(leases)
+        return httpx.Response(200, json={"live": [lease["uid"].startswith("live") for lease in leases]})
+
+    api = PrivateApiClient(
+        "http://api",
+        token="t" * 32,
+        instance_id="me-0123456789ab",
+        consumer_name="me",
+        transport=httpx.MockTransport(handler),
     )
-    yield ex
-    ex.cleanup_leftovers()
-    assert not consumer_docker.containers.list(all=True, filters={"label": f"inference-server.consumer={consumer_id}"})
-
-
-def test_probe_finds_the_shared_work_dir_and_leaves_nothing(bind_executor: DockerExecutor, model_images):
-    """The first task's probe finds that the engine sees the work dir; its container and folder are gone after."""
-    assert bind_executor.uses_bind_mounts(model_images["copy"]) is True
-    assert bind_executor.bind_mounts is True
-    assert not bind_executor.client.containers.list(
-        all=True, filters={"label": f"inference-server.consumer={bind_executor.consumer_id}"}
+    workspace = Workspace(tmp_path / "work", instance_id="me-0123456789ab")
+    engine = Engine(consumer_docker, pull_missing_images=False)
+    housekeeping = Housekeeping(
+        api=api, engine=engine, workspace=workspace, queues=["inference.tasks.cpu"], scope=scope, gpu_device=None
     )
-    assert not list((bind_executor.work_dir / "tasks").rglob("probe-*"))
+    future, past = int(time.time()) + 3600, int(time.time()) - 1
 
+    def container(uid: str, deadline: int, container_scope: str = scope) -> str:
+        task = TaskRef(uid, 1, "gone-0123456789ab", "gone", container_scope, deadline)
+        return consumer_docker.containers.create(model_images["sleep"], labels=task.labels("model")).id or ""
 
-def test_probe_says_no_when_the_engine_sees_another_folder(consumer_docker, consumer_id, model_images, tmp_path):
-    """A work dir the engine does not see (here: a path that exists only for this process) means volumes."""
-    ex = DockerExecutor(
-        consumer_docker, consumer_id=consumer_id, gpu_device=None, work_dir=tmp_path / "w", bind_mounts=None
+    dead, live, late, other = (
+        container("dead-task-0123456789abcd", future),
+        container("live-task-0123456789abcd", future),
+        container("live-late-0123456789abcd", past),
+        container("dead-other-scope-01234567", future, "another-scope"),
     )
-    original = ex._helper
-
-    def elsewhere(image, volumes, labels, name=None, mounts=None):
-        """Mount a different (empty) host folder at /probe, as an engine on another host would see."""
-        other = tmp_path / "engine-side"
-        other.mkdir(exist_ok=True)
-        moved = [docker.types.Mount(target=m["Target"], source=str(other), type="bind") for m in mounts or []]
-        return original(image, volumes, labels, name=name, mounts=moved)
-
-    ex._helper = elsewhere  # type: ignore[method-assign]
+    orphan_dir = workspace.tasks_root / "gone-0123456789ab" / "dead-task-0123456789abcd-1"
+    live_dir = workspace.tasks_root / "gone-0123456789ab" / "live-task-0123456789abcd-1"
+    for folder in (orphan_dir, live_dir):
+        (folder / "output").mkdir(parents=True)
     try:
-        assert ex.uses_bind_mounts(model_images["copy"]) is False
+        assert housekeeping.reap() == 3
+        remaining = {c.id for c in consumer_docker.containers.list(all=True, filters={"label": f"{SCOPE_LABEL}"})}
+        assert live in remaining and other in remaining
+        assert dead not in remaining and late not in remaining
+        assert not orphan_dir.exists() and live_dir.is_dir()
+        assert {lease["consumer_id"] for lease in checked} == {"gone-0123456789ab"}
     finally:
-        ex.cleanup_leftovers()
+        for container_id in (dead, live, late, other):
+            engine.remove(container_id)
 
 
-def test_bind_mounted_task_gives_the_same_output_and_cleans_up(bind_executor: DockerExecutor, model_images, tmp_path):
-    """With bind-mounted folders: nested and empty folders and modes come back; the task folder goes at cleanup."""
-    files = {"scans/ct/slice1.dcm": b"\x00\x01" * 1000, "notes.txt": b"n", "emptydir/": None}
-    uid = "task-uid-bind-0123456789abcd"
-    result, output = run_task(bind_executor, make_model(model_images["copy"]), tmp_path, files, uid=uid)
-    assert result.exit_code == 0, result.log_tail
-    entries = zip_entries(output)
-    assert read_member(output, "nested/deeper/scans/ct/slice1.dcm") == b"\x00\x01" * 1000
-    assert "empty/" in entries and "nested/deeper/emptydir/" in entries
-    assert stat.S_IMODE(entries["run-me.sh"].external_attr >> 16) == 0o750
-    assert not list((bind_executor.work_dir / "tasks").rglob(f"task-{uid}-*"))
-
-
-def test_bind_mounted_input_is_read_only(bind_executor: DockerExecutor, model_images, tmp_path):
-    """A bind-mounted /input is as read-only for the model as a volume; the sandbox is the same."""
-    _, output = run_task(bind_executor, make_model(model_images["write_ro"]), tmp_path)
-    assert bind_executor.bind_mounts is True
-    assert read_member(output, "input-rc.txt").strip() != b"0"
-    assert b"Read-only file system" in read_member(output, "input-error.txt")
-    status = read_member(output, "status.txt").decode()
-    assert "CapEff:\t0000000000000000" in status and "NoNewPrivs:\t1" in status
-
-
-def test_bind_mounted_unsafe_input_leaves_no_folder(bind_executor: DockerExecutor, model_images, tmp_path):
-    """An unsafe input zip is refused before anything runs, and its task folder is removed."""
-    bad = tmp_path / "bad.zip"
-    with zipfile.ZipFile(bad, "w") as archive:
-        archive.writestr("../escape.txt", b"x")
-    with pytest.raises(ModelFailed, match="rejected"):
-        bind_executor.prepare_task(
-            task_uid="task-uid-bad-bind-0123456", model=make_model(model_images["copy"]), input_zip=bad
-        )
-    assert not list((bind_executor.work_dir / "tasks").rglob("task-*"))
-    assert not list(tmp_path.rglob("escape.txt"))
-
-
-def _remove_model_volumes(client: docker.DockerClient, model: ModelInfo) -> None:
-    """Remove a test model's content volumes (they are kept by design)."""
-    for volume in client.volumes.list(filters={"label": f"inference-server.model-id={model.human_readable_id}"}):
-        volume.remove(force=True)
-
-
-_ = Callable
+def test_reaper_skips_when_the_private_api_has_no_lease_check(consumer_docker, model_images, tmp_path):
+    """An older private API (no POST /internal/leases/check) means no reaping by lease, only by deadline."""
+    api = PrivateApiClient(
+        "http://api",
+        token="t" * 32,
+        instance_id="me-0123456789ab",
+        consumer_name="me",
+        transport=httpx.MockTransport(lambda request: httpx.Response(404, json={"detail": "Not Found"})),
+    )
+    scope = f"test-reap-{secrets.token_hex(4)}"
+    engine = Engine(consumer_docker, pull_missing_images=False)
+    housekeeping = Housekeeping(
+        api=api,
+        engine=engine,
+        workspace=Workspace(tmp_path / "w", instance_id="me-0123456789ab"),
+        queues=["inference.tasks.cpu"],
+        scope=scope,
+        gpu_device=None,
+    )
+    task = TaskRef("dead-task-0123456789abcd", 1, "gone-0123456789ab", "gone", scope, int(time.time()) + 3600)
+    kept = consumer_docker.containers.create(model_images["sleep"], labels=task.labels("model")).id or ""
+    try:
+        assert housekeeping.reap() == 0
+        assert consumer_docker.containers.get(kept)
+    finally:
+        engine.remove(kept)

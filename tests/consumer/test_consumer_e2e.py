@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import stat
 import subprocess
@@ -19,13 +18,14 @@ import pytest
 
 from common.messages import CPU_QUEUE, GPU_QUEUE, encode
 from tests.consumer.conftest import (
-    PYTHON,
-    ROOT,
     PrivateApi,
     RunningWorker,
-    consumer_env,
+    missing_state_route,
     queue_length,
+    require_state_contract,
+    start_consumer_process,
     task_leftovers,
+    wait_until,
 )
 from tests.consumer.helpers import zip_bytes
 
@@ -34,22 +34,10 @@ pytestmark = pytest.mark.docker
 StartWorker = Callable[..., RunningWorker]
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll check until it is true; fail with what after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
 def test_task_runs_and_output_comes_back(
     private_api: PrivateApi, start_worker: StartWorker, model_images, consumer_docker, tmp_path
 ):
-    """A task's input goes in, the nested output tree comes back as a zip, logs are stored, nothing is left.
-
-    The consumer runs as the tests do (root, on the engine's host), so its tasks use bind-mounted folders.
-    """
+    """A task's input goes in, the nested output tree comes back as a zip, logs are stored, nothing is left."""
     model = private_api.add_model(model_images["copy"])
     uid = private_api.submit(
         model["human_readable_id"], zip_bytes({"ct/slice-001.dcm": b"x" * 5000, "meta.json": b"{}"})
@@ -57,8 +45,8 @@ def test_task_runs_and_output_comes_back(
     worker = start_worker()
     status = private_api.wait(uid, {"finished", "failed"})
     assert status["status"] == "finished", status
-    assert worker.worker.executor.bind_mounts is True
     assert status["attempt"] == 1 and status["exit_code"] == 0
+    assert status["consumer_id"] == worker.worker.api.instance_id
     response = private_api.http.get(f"/api/tasks/{uid}")
     assert response.status_code == 200
     with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
@@ -68,8 +56,10 @@ def test_task_runs_and_output_comes_back(
         assert stat.S_IMODE(archive.getinfo("run-me.sh").external_attr >> 16) == 0o750
     assert "copied 2 entries" in private_api.http.get(f"/api/tasks/{uid}/logs").text
     # The cleanup runs right after the final state is stored (and the message acked), not before.
-    wait_until(lambda: not task_leftovers(consumer_docker, uid), 15, "the task's containers and volumes to go")
-    wait_until(lambda: not list(tmp_path.rglob(f"task-{uid}-*")), 15, "the task's folders to go")
+    wait_until(lambda: not task_leftovers(consumer_docker, uid), 15, "the task's container to go")
+    wait_until(lambda: not list(tmp_path.rglob(f"{uid}-1")), 15, "the task's folders to go")
+    (result,) = worker.worker.results
+    assert result.outcome == "finished" and set(result.phases) == {"provision", "run", "collect", "cleanup"}
 
 
 def test_failures_users_understand(private_api: PrivateApi, start_worker: StartWorker, model_images):
@@ -100,27 +90,21 @@ def test_failures_users_understand(private_api: PrivateApi, start_worker: StartW
 def test_model_content_is_mounted_at_model(
     private_api: PrivateApi, start_worker: StartWorker, model_images, consumer_docker
 ):
-    """The model zip is unpacked into a kept volume and read by the model at /model."""
+    """The model zip is unpacked once into a kept folder under WORK_DIR and read by the model at /model."""
     model = private_api.add_model(model_images["read_model"], zip_file=zip_bytes({"weights.txt": b"w-123"}))
     uid = private_api.submit(model["human_readable_id"], zip_bytes({"a": b"b"}))
-    # Volumes filled and read through the engine, as on a host whose engine does not see WORK_DIR.
-    worker = start_worker(BIND_WORK_DIR="off")
+    worker = start_worker()
     assert private_api.wait(uid, {"finished", "failed"})["status"] == "finished"
-    assert worker.worker.executor.bind_mounts is False
     with zipfile.ZipFile(io.BytesIO(private_api.http.get(f"/api/tasks/{uid}").content)) as archive:
         assert archive.read("weights-seen.txt") == b"w-123"
-    volumes = consumer_docker.volumes.list(filters={"label": f"inference-server.model-id={model['human_readable_id']}"})
-    try:
-        assert volumes, "the model volume is kept for later tasks"
-    finally:
-        for volume in volumes:
-            volume.remove(force=True)
+    kept = worker.worker.runner.workspace.models_root / f"{model['human_readable_id']}-{model['zip_sha256'][:16]}"
+    assert (kept / "weights.txt").read_bytes() == b"w-123", "the model content is kept for later tasks"
 
 
 def test_cancel_stops_the_container_within_seconds(
     private_api: PrivateApi, start_worker: StartWorker, model_images, consumer_docker
 ):
-    """Deleting a running task stops its container within a few seconds and removes its volumes."""
+    """Deleting a running task stops its container within a few seconds and removes it."""
     model = private_api.add_model(model_images["sleep"], timeout=120)
     uid = private_api.submit(model["human_readable_id"], zip_bytes({"a": b"b"}))
     start_worker()
@@ -131,7 +115,7 @@ def test_cancel_stops_the_container_within_seconds(
     )
     assert private_api.http.delete(f"/api/tasks/{uid}").status_code == 200
     cancelled = time.monotonic()
-    wait_until(lambda: not task_leftovers(consumer_docker, uid), 15, "the task's container and volumes to go")
+    wait_until(lambda: not task_leftovers(consumer_docker, uid), 15, "the task's container to go")
     assert time.monotonic() - cancelled < 15
 
 
@@ -177,22 +161,21 @@ def test_two_consumers_share_a_queue_without_running_a_task_twice(
     first, second = start_worker(), start_worker()
     results = [private_api.wait(uid, {"finished", "failed"}, timeout=120) for uid in uids]
     assert all(r["status"] == "finished" and r["attempt"] == 1 for r in results), results
-    assert {r["consumer_id"] for r in results} == {first.worker.api.consumer_id, second.worker.api.consumer_id}
+    assert {r["consumer_id"] for r in results} == {first.worker.api.instance_id, second.worker.api.instance_id}
 
 
 def _consumer_process(
     api: PrivateApi, amqp_url: str, consumer_id: str, tmp_path: Path, **extra: str
 ) -> subprocess.Popen[bytes]:
     """`python -m job_consumer` as its own process."""
-    env = {**os.environ, **consumer_env(api, amqp_url, consumer_id, tmp_path / consumer_id, **extra)}
-    log = open(tmp_path / f"{consumer_id}-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115 - handed to the child
-    return subprocess.Popen([PYTHON, "-m", "job_consumer"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return start_consumer_process(api, amqp_url, consumer_id, tmp_path, **extra)[0]
 
 
 def test_kill_9_mid_task_then_the_task_completes_once(
     private_api: PrivateApi, model_images, amqp_url, consumer_docker: docker.DockerClient, tmp_path, consumer_id
 ):
-    """kill -9 mid-task: when the consumer runs again it cleans up, reruns the task (attempt 2), leaves nothing."""
+    """kill -9 mid-task: the lease runs out, the task runs again (attempt 2) and the orphan container is reaped."""
+    require_state_contract(private_api)
     model = private_api.add_model(model_images["slow"])
     uid = private_api.submit(model["human_readable_id"], zip_bytes({"a": b"b"}))
     first = _consumer_process(private_api, amqp_url, consumer_id, tmp_path)
@@ -220,7 +203,7 @@ def test_kill_9_mid_task_then_the_task_completes_once(
 def test_sigterm_requeues_a_task_that_outlives_the_grace_period(
     private_api: PrivateApi, model_images, amqp_url, consumer_docker: docker.DockerClient, tmp_path, consumer_id
 ):
-    """SIGTERM with a 1 s grace period: the container is stopped, the task goes back to pending and the queue."""
+    """SIGTERM with a 1 s grace period: the container is stopped, the task is released (pending) and published again."""
     model = private_api.add_model(model_images["sleep"], timeout=300)
     uid = private_api.submit(model["human_readable_id"], zip_bytes({"a": b"b"}))
     process = _consumer_process(private_api, amqp_url, consumer_id, tmp_path, SHUTDOWN_GRACE_SECONDS="1")
@@ -232,8 +215,11 @@ def test_sigterm_requeues_a_task_that_outlives_the_grace_period(
         process.send_signal(signal.SIGTERM)
         assert process.wait(40) == 0
         assert task_leftovers(consumer_docker, uid) == []
-        assert private_api.status(uid)["status"] == "pending"
-        assert queue_length(amqp_url, CPU_QUEUE) == 1
+        status = private_api.status(uid)
+        assert status["status"] == "pending", status
+        if missing_state_route(private_api) is None:  # a release uses no attempt and is republished (wt-state)
+            assert status["attempt"] == 0, status
+            wait_until(lambda: queue_length(amqp_url, CPU_QUEUE) == 1, 15, "the released task to be published again")
     finally:
         if process.poll() is None:
             process.kill()
@@ -259,3 +245,18 @@ def test_sigterm_lets_a_short_task_finish(
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_output_past_max_output_size_fails_with_a_clear_reason(
+    private_api: PrivateApi, start_worker: StartWorker, model_images, consumer_docker
+):
+    """A model writing more than its max_output_size fails while the zip is written; nothing is stored."""
+    model = private_api.add_model(model_images["big_output"], max_output_size="1m")
+    if model.get("max_output_size") in (None, "50g"):
+        pytest.skip("the private API does not take a per-model max_output_size yet (POST /api/models/ query)")
+    uid = private_api.submit(model["human_readable_id"], zip_bytes({"a": b"b"}))
+    start_worker()
+    status = private_api.wait(uid, {"finished", "failed"}, timeout=120)
+    assert status["status"] == "failed" and "max_output_size" in status["error"], status
+    assert private_api.http.get(f"/api/tasks/{uid}").status_code == 552
+    wait_until(lambda: not task_leftovers(consumer_docker, uid), 15, "the task's container to go")
