@@ -173,7 +173,11 @@ def _before_reading(request: Request, max_bytes: int) -> tuple[Storage, float]:
 
 async def _receive(request: Request, temp: Path, max_bytes: int, feed: _Feed | None) -> Received | None:
     """Stream the body (through feed, when it is multipart) into temp; None when feed found no file part."""
-    storage, idle = _before_reading(request, max_bytes)
+    try:
+        storage, idle = _before_reading(request, max_bytes)
+    except (UploadTooLarge, DiskFull):
+        await _drain(request)
+        raise
     try:
         sink = _Sink(temp, max_bytes, storage)
     except OSError as exc:
