@@ -25,7 +25,7 @@ from private_api.errors import ApiError, BadUpload, DiskFull, UploadTimeout, Upl
 if TYPE_CHECKING:
     from private_api.storage import Storage
 
-__all__ = ["Received", "disk_full", "receive_body", "receive_multipart_file"]
+__all__ = ["Received", "disk_full", "receive_body", "receive_multipart_file", "receive_tail"]
 
 _FLUSH_BYTES = 4 * 1024 * 1024
 _DRAIN_BYTES = 256 * 1024**2
@@ -210,6 +210,16 @@ async def receive_body(request: Request, temp: Path, max_bytes: int) -> Received
     received = await _receive(request, temp, max_bytes, None)
     assert received is not None
     return received
+
+
+async def receive_tail(request: Request, keep: int) -> bytes:
+    """The last keep bytes of a raw request body (a log), read with the same idle timeout as every upload."""
+    tail = bytearray()
+    async for chunk in _chunks(request, float(request.app.state.settings.upload_idle_timeout_seconds)):
+        tail += chunk
+        if len(tail) > 2 * keep:
+            del tail[: len(tail) - keep]
+    return bytes(tail[-keep:])
 
 
 class _Feed:
