@@ -1,7 +1,7 @@
 """Receiving an upload: the body streams into a temp file, hashed and counted on the way; a failure leaves nothing.
 
-Multipart bodies go through python-multipart's streaming parser. The file is written in large pieces by one worker
-thread per upload, so memory stays bounded whatever the size. A client that sends nothing for
+Multipart bodies go through python-multipart's streaming parser. The file is written in large pieces by a worker
+thread, one piece in flight per upload, so memory stays bounded whatever the size. A client that sends nothing for
 UPLOAD_IDLE_TIMEOUT_SECONDS is dropped (408); a disk below MIN_FREE_DISK_BYTES or a full disk answers 507.
 """
 
@@ -11,7 +11,7 @@ import asyncio
 import errno
 import hashlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,7 +25,7 @@ from private_api.errors import ApiError, BadUpload, DiskFull, UploadTimeout, Upl
 if TYPE_CHECKING:
     from private_api.storage import Storage
 
-__all__ = ["Received", "disk_full", "receive_body", "receive_multipart_file"]
+__all__ = ["Received", "disk_full", "receive_body", "receive_multipart_file", "receive_tail"]
 
 _FLUSH_BYTES = 4 * 1024 * 1024
 _DRAIN_BYTES = 256 * 1024**2
@@ -49,7 +49,10 @@ def disk_full(exc: BaseException) -> DiskFull | None:
 
 
 class _Sink:
-    """A temp file written in large pieces from a worker thread, hashed and counted as it goes."""
+    """A temp file written in large pieces by a worker thread, hashed and counted as it goes.
+
+    One piece is written while the next is received (at most one write in flight, so memory stays bounded).
+    """
 
     def __init__(self, path: Path, max_bytes: int, storage: Storage) -> None:
         self.path = path
@@ -57,18 +60,22 @@ class _Sink:
         self.storage = storage
         self.size = 0
         self.hash = hashlib.sha256()
-        self.buffer = bytearray()
+        self.pieces: list[bytes] = []  # received, not yet written (joined in the writer thread, not the event loop)
+        self.pending = 0
         self.file = open(path, "wb")  # noqa: SIM115 - closed in finish() or abort()
+        self.writing: asyncio.Future[None] | None = None
 
-    def add(self, data: bytes | bytearray | memoryview) -> None:
+    def add(self, data: bytes) -> None:
         """Take a piece of the file (UploadTooLarge past the maximum)."""
         self.size += len(data)
         if self.size > self.max_bytes:
             raise UploadTooLarge(f"upload is larger than the maximum of {self.max_bytes} bytes")
-        self.buffer += data
+        self.pieces.append(data)
+        self.pending += len(data)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, pieces: list[bytes]) -> None:
         self.storage.require_room()
+        data = b"".join(pieces)
         self.hash.update(data)
         self.file.write(data)
 
@@ -77,12 +84,20 @@ class _Sink:
         os.fsync(self.file.fileno())
         self.file.close()
 
+    async def _written(self) -> None:
+        """Wait for the write in flight; its error, if any, is raised here."""
+        writing, self.writing = self.writing, None
+        if writing is not None:
+            await writing
+
     async def flush(self, *, force: bool = False) -> None:
-        """Write the buffer once it is large (or whatever is left, when forced)."""
-        if self.buffer and (force or len(self.buffer) >= _FLUSH_BYTES):
-            data = bytes(self.buffer)
-            self.buffer.clear()
-            await _on_disk(self._write, data)
+        """Start writing the received pieces once they are large (or whatever is left, when forced)."""
+        if self.pieces and (force or self.pending >= _FLUSH_BYTES):
+            pieces, self.pieces, self.pending = self.pieces, [], 0
+            await self._written()
+            self.writing = asyncio.ensure_future(_on_disk(self._write, pieces))
+        if force:
+            await self._written()
 
     async def finish(self) -> Received:
         """Write the rest, fsync and close; what landed."""
@@ -91,15 +106,24 @@ class _Sink:
         return Received(self.path, self.size, self.hash.hexdigest())
 
     def abort(self) -> None:
-        """Close and remove the temp file."""
+        """Close and remove the temp file (once the write in flight, if any, is done with it)."""
+        writing, self.writing = self.writing, None
+        if writing is None or writing.done():
+            self._discard(writing)
+        else:
+            writing.add_done_callback(self._discard)
+
+    def _discard(self, writing: asyncio.Future[None] | None) -> None:
+        if writing is not None and not writing.cancelled():
+            writing.exception()  # retrieved: the upload failed already, for this reason or another
         self.file.close()
         self.path.unlink(missing_ok=True)
 
 
-async def _on_disk(work: object, *args: object) -> None:
+async def _on_disk(work: Callable[..., None], *args: object) -> None:
     """Run a blocking file step in a worker thread; a full disk becomes DiskFull."""
     try:
-        await to_thread.run_sync(work, *args)  # type: ignore[arg-type]
+        await to_thread.run_sync(work, *args)
     except OSError as exc:
         full = disk_full(exc)
         if full is None:
@@ -149,7 +173,11 @@ def _before_reading(request: Request, max_bytes: int) -> tuple[Storage, float]:
 
 async def _receive(request: Request, temp: Path, max_bytes: int, feed: _Feed | None) -> Received | None:
     """Stream the body (through feed, when it is multipart) into temp; None when feed found no file part."""
-    storage, idle = _before_reading(request, max_bytes)
+    try:
+        storage, idle = _before_reading(request, max_bytes)
+    except (UploadTooLarge, DiskFull):
+        await _drain(request)
+        raise
     try:
         sink = _Sink(temp, max_bytes, storage)
     except OSError as exc:
@@ -182,6 +210,16 @@ async def receive_body(request: Request, temp: Path, max_bytes: int) -> Received
     received = await _receive(request, temp, max_bytes, None)
     assert received is not None
     return received
+
+
+async def receive_tail(request: Request, keep: int) -> bytes:
+    """The last keep bytes of a raw request body (a log), read with the same idle timeout as every upload."""
+    tail = bytearray()
+    async for chunk in _chunks(request, float(request.app.state.settings.upload_idle_timeout_seconds)):
+        tail += chunk
+        if len(tail) > 2 * keep:
+            del tail[: len(tail) - keep]
+    return bytes(tail[-keep:])
 
 
 class _Feed:
@@ -223,7 +261,7 @@ class _Feed:
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self.in_file and self.sink is not None:
-            self.sink.add(memoryview(data)[start:end])
+            self.sink.add(data if start == 0 and end == len(data) else data[start:end])
 
     def _part_end(self) -> None:
         self.done = self.done or self.in_file

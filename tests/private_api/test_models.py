@@ -103,6 +103,7 @@ def test_every_call_needs_the_internal_token(api: TestClient) -> None:
         ("GET", "/api/models/"),
         ("POST", "/api/tasks/"),
         ("GET", "/api/tasks/x/status"),
+        ("GET", "/api/tasks/x"),  # the poll is an ordinary authenticated route
         ("POST", "/internal/tasks/x/claim"),
     ]:
         assert api.request(method, path, headers={"X-Internal-Token": "wrong"}).status_code == 401

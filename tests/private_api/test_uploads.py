@@ -7,12 +7,18 @@ import os
 import socket
 import time
 import zipfile
+from types import SimpleNamespace
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
 from private_api.config import Settings
+from private_api.receiving import receive_tail
 from tests.private_api.conftest import AUTH, LiveServer
 from tests.private_api.helpers import add_model, make_zip, symlink_zip
 
@@ -143,3 +149,43 @@ def test_multipart_upload_streams_to_disk_exactly(live: LiveServer, settings: Se
         assert response.status_code == 200, response.text
         uid = response.json()
     assert (settings.data_dir / "inputs" / f"{uid}.zip").read_bytes() == data
+
+
+def test_only_the_first_zip_file_part_is_stored(live: LiveServer, settings: Settings) -> None:
+    wanted = make_zip({"a.txt": b"wanted"})
+    with httpx.Client(base_url=live.url, headers=AUTH) as client:
+        client.post("/api/models", params={"container_tag": "busybox", "human_readable_id": "m", "use_gpu": False})
+        response = client.post(
+            "/api/tasks",
+            params={"human_readable_id": "m"},
+            files=[
+                ("other", ("o.zip", make_zip({"o.txt": b"other"}))),
+                ("zip_file", ("in.zip", wanted)),
+                ("zip_file", ("second.zip", make_zip({"b.txt": b"second"}))),
+            ],
+        )
+        assert response.status_code == 200, response.text
+        uid = response.json()
+    assert (settings.data_dir / "inputs" / f"{uid}.zip").read_bytes() == wanted
+    assert list((settings.data_dir / "tmp").iterdir()) == []
+
+
+def test_model_routes_answer_422_for_bad_query_fields_with_the_field(api: TestClient) -> None:
+    add_model(api, "m")
+    for params, word in [({"mem_limit": "lots"}, "mem_limit"), ({"container_tag": "-x"}, "docker image")]:
+        response = api.patch("/api/models/m", params=params)
+        assert response.status_code == 422, response.text
+        assert word in response.text
+    assert api.patch("/api/models/m", params={"description": "new"}).json()["description"] == "new"
+
+
+def test_receive_tail_keeps_the_end_of_a_long_body() -> None:
+    async def endpoint(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(await receive_tail(request, 10))
+
+    app = Starlette(routes=[Route("/", endpoint, methods=["PUT"])])
+    app.state.settings = SimpleNamespace(upload_idle_timeout_seconds=5)
+    with TestClient(app) as client:
+        pieces = (b"x" * 1000 for _ in range(50))
+        assert client.put("/", content=b"".join(pieces) + b"0123456789").text == "0123456789"
+        assert client.put("/", content=b"short").text == "short"
