@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install lint test bench up down
+.PHONY: install lint test bench up down swarm-network
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,20 @@ test: install
 bench: install
 	$(BIN)/python -m bench
 
+# The whole service on this host: .env with fresh secrets and a self-signed certificate when missing (never
+# replaced), images built, every container healthy. Run again, it changes nothing and keeps the data.
 up:
-	docker compose up -d
+	@scripts/setup env
+	@scripts/setup cert
+	docker compose up -d --build --wait --wait-timeout 300
+	@scripts/setup url
 
+# Stops the service; the data stays in its volumes.
 down:
 	docker compose down
+
+# The swarm overlay GPU hosts join (docs/operations.md): attachable, internal (no route out), encrypted between hosts.
+INTERNAL_NETWORK ?= inference-internal
+swarm-network:
+	@docker network inspect $(INTERNAL_NETWORK) >/dev/null 2>&1 && echo "network $(INTERNAL_NETWORK) exists" || \
+	docker network create -d overlay --attachable --internal --opt encrypted $(INTERNAL_NETWORK)
