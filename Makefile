@@ -3,17 +3,25 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install lint test bench up down swarm-network
+.PHONY: install lint test bench up down swarm-network constraints
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstalls only when pyproject.toml changed since the last install (or the venv is new).
+# Reinstalls only when pyproject.toml or constraints.txt changed since the last install (or the venv is new).
+# The versions are constraints.txt's: what the images install too.
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[dev]'
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
+
+# After changing pyproject.toml: the newest versions its ranges allow, tested by `make test`, become constraints.txt.
+constraints: | $(BIN)/python
+	$(BIN)/pip install -q -U -e '.[dev]'
+	@{ sed -n '1,2p' constraints.txt; $(BIN)/pip freeze --exclude-editable | sed -E 's/\+[A-Za-z0-9.]+$$//'; } \
+		> constraints.txt.new && mv constraints.txt.new constraints.txt
+	touch $(VENV)/.installed
 
 lint: install
 	$(BIN)/ruff check .
