@@ -2,7 +2,8 @@
 
 docker-compose.gpu-host.yaml runs GPU_COUNT replicas of one service with this as their command. Compose numbers
 replicas 1..N and keeps the numbers across re-creation, so replica i always takes the same GPU and CONSUMER_ID
-(`<host>-gpu<device>`, the engine's host name unless GPU_HOST_NAME is set).
+(`<host>-gpu<device>`, the engine's host name unless GPU_HOST_NAME is set). A device `cpu` makes that replica a
+CPU-only consumer (`<host>-cpu<i>`): a host that lends its CPUs, or a test on a machine without GPUs.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ def main() -> None:
     if number > len(devices):
         sys.exit(f"gpu slot: replica {number} has no GPU: GPU_DEVICES lists {len(devices)}, GPU_COUNT is {count}")
     device = devices[number - 1]
-    os.environ["GPU_DEVICE"] = device
+    cpu_only = device.lower() == "cpu"
+    os.environ["GPU_DEVICE"] = "" if cpu_only else device
     if not os.environ.get("CONSUMER_ID"):
-        os.environ["CONSUMER_ID"] = f"{host}-gpu{device}".replace(":", "-")
+        name = f"{host}-cpu{number}" if cpu_only else f"{host}-gpu{device}"
+        os.environ["CONSUMER_ID"] = "".join(c if c.isalnum() or c in "._-" else "-" for c in name)
     os.execv(sys.executable, [sys.executable, "-m", "job_consumer", *sys.argv[1:]])
 
 

@@ -169,3 +169,13 @@ def test_compose_without_env_stops_with_one_line(tmp_path: Path) -> None:
         assert result.returncode != 0
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "make up" in lines[0], result.stderr
+
+
+def test_gpu_host_declares_gpu_count_consumers(tmp_path: Path, probe_env: tuple[Path, dict[str, str]]) -> None:
+    _, values = probe_env
+    env_file = tmp_path / "gpu.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in {**values, "GPU_COUNT": "3", "GPU_DEVICES": "0,2,5"}.items()))
+    service = _config("docker-compose.gpu-host.yaml", env_file)["services"]["job-consumer-gpu"]
+    assert service["deploy"]["replicas"] == 3
+    assert service["environment"]["GPU_DEVICES"] == "0,2,5"
+    assert list(service["networks"]) == ["internal"], "attached to the overlay only"
