@@ -10,7 +10,7 @@ from ipaddress import ip_address
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
-from pydantic import ValidationError, field_validator
+from pydantic import ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
@@ -99,16 +99,19 @@ class ServiceSettings(BaseSettings):
     def _refuse_placeholder(cls, value: str) -> str:
         problem = secret_problem(value)
         if problem:
-            raise ValueError(f"must be set to a random secret of {MIN_SECRET_LENGTH}+ characters (it {problem})")
+            raise ValueError(
+                f"INTERNAL_TOKEN must be set to a random secret of {MIN_SECRET_LENGTH}+ characters (it {problem})"
+            )
         return value
 
     # The URL fields belong to the services that read them; the password rule is the same for all.
     @field_validator("rabbitmq_url", "database_url", check_fields=False)
     @classmethod
-    def _refuse_placeholder_password(cls, value: str) -> str:
+    def _refuse_placeholder_password(cls, value: str, info: ValidationInfo) -> str:
         problem = url_password_problem(value)
         if problem:
-            raise ValueError(f"must carry a random password of {MIN_SECRET_LENGTH}+ characters ({problem})")
+            name = (info.field_name or "URL").upper()
+            raise ValueError(f"{name} must carry a random password of {MIN_SECRET_LENGTH}+ characters ({problem})")
         return value
 
 

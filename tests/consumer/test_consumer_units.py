@@ -90,7 +90,7 @@ def test_gpu_model_is_refused_without_a_gpu():
 def test_settings_defaults_and_bad_values(monkeypatch):
     """CONSUMER_ID defaults to host + GPU; an empty GPU_DEVICE means none; bad URLs and tokens are refused."""
     monkeypatch.setenv("INTERNAL_TOKEN", TOKEN)
-    monkeypatch.setenv("RABBITMQ_URL", "amqp://u:p@mq:5672/%2F")
+    monkeypatch.setenv("RABBITMQ_URL", "amqp://u:a-random-broker-password@mq:5672/%2F")
     monkeypatch.setenv("GPU_DEVICE", "")
     assert load_settings().gpu_device is None
     assert load_settings().consumer_id.endswith("-cpu")
@@ -243,7 +243,7 @@ def test_step_times_add_up_per_task_and_thread():
 def test_bind_work_dir_setting(monkeypatch):
     """BIND_WORK_DIR: auto by default; the usual spellings of true and false; anything else is refused."""
     monkeypatch.setenv("INTERNAL_TOKEN", TOKEN)
-    monkeypatch.setenv("RABBITMQ_URL", "amqp://u:p@mq:5672/%2F")
+    monkeypatch.setenv("RABBITMQ_URL", "amqp://u:a-random-broker-password@mq:5672/%2F")
     assert load_settings().bind_work_dir == "auto"
     for value, expected in (("true", "on"), ("0", "off"), ("OFF", "off"), ("", "auto")):
         monkeypatch.setenv("BIND_WORK_DIR", value)
