@@ -179,3 +179,15 @@ def test_gpu_host_declares_gpu_count_consumers(tmp_path: Path, probe_env: tuple[
     assert service["deploy"]["replicas"] == 3
     assert service["environment"]["GPU_DEVICES"] == "0,2,5"
     assert list(service["networks"]) == ["internal"], "attached to the overlay only"
+
+
+def test_postgres_line_of_the_example_fills_in_the_generated_password(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    subprocess.run([str(ROOT / "scripts/setup"), "env"], env={**os.environ, "ENV_FILE": str(env_file)}, check=True)
+    text = env_file.read_text().replace("\n# DATABASE_URL=postgresql", "\nDATABASE_URL=postgresql")
+    env_file.write_text(text.replace("\nCOMPOSE_PROFILES=\n", "\nCOMPOSE_PROFILES=postgres\n"))
+    password = re.findall(r"^POSTGRES_PASSWORD=(.*)$", text, re.MULTILINE)[0]
+    config = _config("docker-compose.yaml", env_file)
+    url = f"postgresql+psycopg://inference:{password}@postgres:5432/inference"
+    assert config["services"]["private-api"]["environment"]["DATABASE_URL"] == url
+    assert config["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"] == password
