@@ -8,7 +8,7 @@ import uuid
 
 import docker
 
-from common.settings import configure_logging
+from common.settings import configure_logging, settings_or_exit
 from job_consumer.broker import Broker, queues_for
 from job_consumer.config import ConsumerSettings, load_settings
 from job_consumer.containers import Engine
@@ -92,11 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run until SIGTERM/SIGINT; `--burst` drains the queues and exits."""
     args = sys.argv[1:] if argv is None else argv
     burst = "--burst" in args
-    try:
-        settings = load_settings()
-    except Exception as exc:
-        print(f"job_consumer: bad configuration: {exc}", file=sys.stderr)
-        return 2
+    settings = settings_or_exit("job consumer", load_settings)
     configure_logging(settings.log_level)
     worker = build_worker(settings)
     worker.install_signal_handlers()

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from common.serving import serve
-from common.settings import configure_logging
+from common.settings import configure_logging, settings_or_exit
 from private_api.config import get_settings
 from private_api.main import create_app
 
 
 def main() -> None:
     """Run the private API until SIGTERM."""
-    settings = get_settings()
+    settings = settings_or_exit("private API", get_settings)
     configure_logging(settings.log_level)
     serve(
         create_app(settings),

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-
-from pydantic import ValidationError
-
 from common.serving import serve
-from common.settings import configure_logging
+from common.settings import configure_logging, settings_or_exit
 from public_api.config import get_settings
 from public_api.main import create_app
 
 
 def main() -> None:
     """Read the settings, then serve until stopped."""
-    try:
-        settings = get_settings()
-    except ValidationError as exc:
-        sys.exit(f"public API: bad configuration in the environment:\n{exc}")
+    settings = settings_or_exit("public API", get_settings)
     configure_logging(settings.log_level)
     serve(
         create_app(settings),

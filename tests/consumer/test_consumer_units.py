@@ -105,7 +105,7 @@ def test_gpu_errors_are_recognised():
 def test_settings_defaults_and_bad_values(monkeypatch):
     """CONSUMER_ID defaults to host + GPU; an empty GPU_DEVICE means none; bad URLs and tokens are refused."""
     monkeypatch.setenv("INTERNAL_TOKEN", TOKEN)
-    monkeypatch.setenv("RABBITMQ_URL", "amqp://u:p@mq:5672/%2F")
+    monkeypatch.setenv("RABBITMQ_URL", "amqp://u:a-random-broker-password@mq:5672/%2F")
     monkeypatch.setenv("GPU_DEVICE", "")
     assert load_settings().gpu_device is None
     assert load_settings().consumer_id.endswith("-cpu")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import ssl
 import subprocess
 import time
@@ -57,12 +58,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     folder = tmp_path_factory.mktemp("stack")
     project = f"inference-e2e-{uuid.uuid4().hex[:10]}"
     certs = folder / "certs"
+    certs.mkdir()
+    # Traefik's folder: the routing and TLS files as shipped, and a certificate of the test's own.
+    for name in ("routes.yml", "tls.yml"):
+        shutil.copy(ROOT / "traefik/certs" / name, certs / name)
     subprocess.run(
         [str(ROOT / "traefik/certs/generate_self_signed_certs"), "localhost"],
         env={**os.environ, "CERT_DIR": str(certs)},
         check=True,
         capture_output=True,
     )
+    env_file = folder / ".env"
     env = {
         "INTERNAL_TOKEN": TOKEN,
         "RABBITMQ_PASSWORD": "e2e-" + uuid.uuid4().hex,
@@ -73,8 +79,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "IMAGE_PREFIX": f"inference-server-e2e/{project}",
         "IMAGE_TAG": "e2e",
         "LOG_LEVEL": "INFO",
+        "ENV_FILE": str(env_file),
+        "CONSUMER_WORK_DIR": str(folder / "work"),
     }
-    env_file = folder / ".env"
     env_file.write_text("".join(f"{key}={value}\n" for key, value in env.items()))
     stack = Stack(project=project, env_file=env_file, https_port=int(env["HTTPS_PORT"]))
     try:
@@ -98,7 +105,7 @@ def https(stack: Stack) -> Iterator[httpx.Client]:
 
 
 def _wait_routed(client: httpx.Client, seconds: float = 60) -> None:
-    """Wait until Traefik's docker provider has picked up the public API (it may be healthy before that)."""
+    """Wait until Traefik answers through to the public API (it may be healthy a moment before that)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:

@@ -34,7 +34,7 @@ def _run_module(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({}, "internal_token"),
+        ({}, "INTERNAL_TOKEN must be set"),
         ({"INTERNAL_TOKEN": "change-me"}, "INTERNAL_TOKEN must be set"),
         ({"INTERNAL_TOKEN": TOKEN, "API_KEYS": "short-secret"}, "every API key"),
         ({"INTERNAL_TOKEN": "short-secret"}, "INTERNAL_TOKEN must be set"),
