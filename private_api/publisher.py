@@ -55,6 +55,7 @@ class Publisher:
         self.lease_rule = lease_rule
         self.max_attempts = max_attempts
         self._short_since: dict[str, float] = {}
+        self._pruned_at = float("-inf")
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -135,9 +136,11 @@ class Publisher:
         try:
             with self.sessions() as session:
                 reaped = leases.reap_expired(session, rule=self.lease_rule, max_attempts=self.max_attempts)
-                crud_consumers.prune(session, seen_before=utcnow() - _FORGET_CONSUMERS_AFTER)
-        except Exception:
-            log.warning("reaping expired leases failed; trying again next round", exc_info=True)
+                if time.monotonic() - self._pruned_at > 600:
+                    crud_consumers.prune(session, seen_before=utcnow() - _FORGET_CONSUMERS_AFTER)
+                    self._pruned_at = time.monotonic()
+        except Exception as exc:  # the database is away: the next round tries again
+            log.warning("reaping expired leases failed: %s: %s", type(exc).__name__, exc)
             return 0
         if reaped:
             log.warning("%d task(s) lost their consumer (no heartbeat for %gs)", reaped, self.lease_rule.seconds)
