@@ -13,6 +13,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import docker
 import docker.errors
@@ -71,6 +72,13 @@ class OwnBroker:
             with contextlib.suppress(docker.errors.NotFound):
                 self.container.remove(force=True, v=True)
             self.container = None
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    """SQLite only: the fault is the broker's, and each broker start costs seconds (both databases' outboxes are
+    tested against the broker in tests/private_api/test_queue.py)."""
+    return f"sqlite:///{tmp_path / 'db.sqlite3'}"
 
 
 @pytest.fixture(scope="module")
