@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from datetime import timedelta
 from typing import Any
@@ -15,6 +14,7 @@ from private_api.leases import (
     InfraPolicy,
     LeaseRule,
     cas,
+    dump,
     end,
     find,
     history_of,
@@ -48,11 +48,11 @@ def claim_task(
     history = history_of(task)
     if task.status == "running":  # the holder's lease expired: it is stale from now on
         reason = f"no heartbeat for {rule.seconds:g}s"
-        history = json.loads(with_entry(history, task, status="lost", reason=reason))
+        history = with_entry(task, status="lost", reason=reason)
     if task.attempt >= max_attempts:
         last = history[-1]["reason"] if history else (task.error or "the consumer stopped mid-run")
         reason = f"gave up after {task.attempt} attempts; last problem: {last}"
-        end(session, task, status="failed", reason=reason, history=json.dumps(history))
+        end(session, task, status="failed", reason=reason, history=dump(history))
         raise Conflict("task failed: no attempts left", status="failed")
     guard = (
         rule.expired_clause(now) if task.status == "running" else or_(Task.not_before.is_(None), Task.not_before <= now)
@@ -71,7 +71,7 @@ def claim_task(
         exit_code=None,
         error=None,
         not_before=None,
-        history=json.dumps(history),
+        history=dump(history),
     )
     if not claimed:
         status = status_now(session, task)
@@ -107,7 +107,7 @@ def finish_task(
     task = find(session, uid)
     if not holds(task, consumer_id, attempt):
         raise stale(session, task, consumer_id, attempt)
-    history = with_entry(history_of(task), task, status=status, reason=reason, exit_code=exit_code)
+    history = dump(with_entry(task, status=status, reason=reason, exit_code=exit_code))
     values = {
         "status": status,
         "error": reason,
@@ -144,11 +144,11 @@ def release_task(
     if not holds(task, consumer_id, attempt):
         raise stale(session, task, consumer_id, attempt)
     now = utcnow()
-    history_json = with_entry(history_of(task), task, status="released", reason=reason, infrastructure=infrastructure)
+    history = with_entry(task, status="released", reason=reason, infrastructure=infrastructure)
     retries = task.infra_retries + (1 if infrastructure else 0)
-    values: dict[str, Any] = {"history": history_json, "infra_retries": retries}
+    values: dict[str, Any] = {"history": dump(history), "infra_retries": retries}
     if infrastructure and retries > policy.max_retries:
-        summary = _infra_summary(json.loads(history_json))
+        summary = _infra_summary(history)
         values.update(
             status="failed",
             finished_at=now,

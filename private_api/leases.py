@@ -72,8 +72,8 @@ def history_of(task: Task) -> list[dict[str, Any]]:
     return entries if isinstance(entries, list) else []
 
 
-def with_entry(history: list[dict[str, Any]], task: Task, *, status: str, reason: str | None, **more: Any) -> str:
-    """The history as JSON with one entry added about the task's current attempt."""
+def with_entry(task: Task, *, status: str, reason: str | None, **more: Any) -> list[dict[str, Any]]:
+    """The task's history with one entry added about its current attempt (the newest _HISTORY_KEEP kept)."""
     entry = {
         "attempt": task.attempt,
         "consumer": task.consumer_id,
@@ -83,7 +83,12 @@ def with_entry(history: list[dict[str, Any]], task: Task, *, status: str, reason
         "at": utcnow().isoformat(),
         **more,
     }
-    return json.dumps([*history, entry][-_HISTORY_KEEP:])
+    return [*history_of(task), entry][-_HISTORY_KEEP:]
+
+
+def dump(history: list[dict[str, Any]]) -> str:
+    """History as stored in tasks.history."""
+    return json.dumps(history)
 
 
 # --- compare-and-set ------------------------------------------------------------------------------------------------
@@ -150,9 +155,7 @@ def reap_expired(session: Session, *, rule: LeaseRule, max_attempts: int, limit:
         return 0
     reaped = 0
     for task in session.scalars(select(Task).where(Task.status == "running", expired).limit(limit)).all():
-        history = json.loads(
-            with_entry(history_of(task), task, status="lost", reason=f"no heartbeat for {rule.seconds:g}s")
-        )
+        history = with_entry(task, status="lost", reason=f"no heartbeat for {rule.seconds:g}s")
         if task.attempt >= max_attempts:
             lost = sum(1 for e in history if e.get("status") == "lost")
             values: dict[str, Any] = {
@@ -163,7 +166,7 @@ def reap_expired(session: Session, *, rule: LeaseRule, max_attempts: int, limit:
             }
         else:
             values = {"status": "pending", "consumer_id": None, "heartbeat_at": None, "published_at": None}
-        reaped += cas(session, task, expired, history=json.dumps(history), **values)
+        reaped += cas(session, task, expired, history=dump(history), **values)
     session.commit()
     return reaped
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import timedelta
 
 import pika
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 _BATCH = 200
 # Consumer instances not seen for this long are dropped from /healthz.
 _FORGET_CONSUMERS_AFTER = timedelta(days=1)
+_SHORT_CONFIRM_SECONDS = 1.0
 _PROPERTIES = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json")
 
 
@@ -52,6 +54,8 @@ class Publisher:
         self.republish_after = republish_after
         self.lease_rule = lease_rule
         self.max_attempts = max_attempts
+        self._short_since: dict[str, float] = {}
+        self._pruned_at = float("-inf")
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -132,24 +136,35 @@ class Publisher:
         try:
             with self.sessions() as session:
                 reaped = leases.reap_expired(session, rule=self.lease_rule, max_attempts=self.max_attempts)
-                crud_consumers.prune(session, seen_before=utcnow() - _FORGET_CONSUMERS_AFTER)
-        except Exception:
-            log.warning("reaping expired leases failed; trying again next round", exc_info=True)
+                if time.monotonic() - self._pruned_at > 600:
+                    crud_consumers.prune(session, seen_before=utcnow() - _FORGET_CONSUMERS_AFTER)
+                    self._pruned_at = time.monotonic()
+        except Exception as exc:  # the database is away: the next round tries again
+            log.warning("reaping expired leases failed: %s: %s", type(exc).__name__, exc)
             return 0
         if reaped:
             log.warning("%d task(s) lost their consumer (no heartbeat for %gs)", reaped, self.lease_rule.seconds)
         return reaped
 
     def _short_queues(self, channel: BlockingChannel) -> list[bool]:
-        """Declare the queues; the resource classes (use_gpu) whose queue holds fewer messages than it should."""
+        """Declare the queues; the resource classes (use_gpu) whose queue holds fewer messages than it should.
+
+        A published pending task has a message in its queue, or one just delivered to a consumer that is about to
+        claim it; a queue counts as short only when it is short in two looks at least _SHORT_CONFIRM_SECONDS apart.
+        """
         ready = {}
         for name in (GPU_QUEUE, CPU_QUEUE):
             ready[name] = channel.queue_declare(queue=name, durable=True).method.message_count
         with self.sessions() as session:
             expected = outbox.waiting_published(session)
+        now = time.monotonic()
         short = []
         for name, use_gpu in ((GPU_QUEUE, True), (CPU_QUEUE, False)):
-            if ready[name] < expected.get(name, 0):
+            if ready[name] >= expected.get(name, 0):
+                self._short_since.pop(name, None)
+                continue
+            since = self._short_since.setdefault(name, now)
+            if now - since >= _SHORT_CONFIRM_SECONDS:
                 log.info("queue %s holds %d message(s) for %d pending task(s)", name, ready[name], expected[name])
                 short.append(use_gpu)
         return short

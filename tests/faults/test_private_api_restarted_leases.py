@@ -52,7 +52,7 @@ def _status(api: httpx.Client, uid: str) -> dict[str, object]:
 def test_running_leases_get_a_full_lease_from_the_restart(private_api: PrivateApiProcess) -> None:
     private_api.start()
     with private_api.client() as api:
-        query = {"container_tag": "busybox:stable", "human_readable_id": "m", "use_gpu": False}
+        query: dict[str, str | bool] = {"container_tag": "busybox:stable", "human_readable_id": "m", "use_gpu": False}
         assert api.post("/api/models/", params=query).status_code == 200
         alive, gone = _submit(api), _submit(api)
         for uid, instance in ((alive, "cpu-alive01"), (gone, "cpu-gone0001")):
@@ -72,7 +72,7 @@ def test_running_leases_get_a_full_lease_from_the_restart(private_api: PrivateAp
         beat = api.post(f"/internal/tasks/{alive}/heartbeat", json={"consumer_id": "cpu-alive01", "attempt": 1})
         assert beat.json() == {"status": "running"}
         output = make_zip({"result.txt": "done"})
-        holder = {"consumer_id": "cpu-alive01", "attempt": 1}
+        holder: dict[str, str | int] = {"consumer_id": "cpu-alive01", "attempt": 1}
         assert api.put(f"/internal/tasks/{alive}/output", params=holder, content=output).status_code == 200
         finish = {**holder, "status": "finished", "exit_code": 0}
         assert api.post(f"/internal/tasks/{alive}/finish", json=finish).status_code == 200

@@ -25,7 +25,7 @@ def _client(live: LiveServer) -> httpx.Client:
 
 
 def _new_task(api: httpx.Client) -> str:
-    query = {"container_tag": "busybox:stable", "human_readable_id": "m", "use_gpu": False}
+    query: dict[str, str | bool] = {"container_tag": "busybox:stable", "human_readable_id": "m", "use_gpu": False}
     if api.get("/api/models/m").status_code != 200:
         assert api.post("/api/models/", params=query).status_code == 200
     answer = api.post("/api/tasks/", params={"human_readable_id": "m"}, files={"zip_file": ("in.zip", make_zip())})
@@ -53,7 +53,7 @@ def test_stale_holder_is_refused_even_mid_upload(live: LiveServer, settings: Set
 
         def stale_upload() -> httpx.Response:
             with _client(live) as other:
-                params = {"consumer_id": "cpu-stale0001", "attempt": 1}
+                params: dict[str, str | int] = {"consumer_id": "cpu-stale0001", "attempt": 1}
                 return other.put(f"/internal/tasks/{uid}/output", params=params, content=slowly())
 
         with ThreadPoolExecutor(1) as pool:
@@ -66,7 +66,7 @@ def test_stale_holder_is_refused_even_mid_upload(live: LiveServer, settings: Set
         assert refused.status_code == 409 and refused.json()["status"] == "running"
         assert api.get(f"/api/tasks/{uid}").status_code == 551  # nothing stored
 
-        stale = {"consumer_id": "cpu-stale0001", "attempt": 1}
+        stale: dict[str, str | int] = {"consumer_id": "cpu-stale0001", "attempt": 1}
         before = api.get(f"/api/tasks/{uid}/status").json()
         for answer in (
             api.post(f"/internal/tasks/{uid}/heartbeat", json=stale),
@@ -77,7 +77,7 @@ def test_stale_holder_is_refused_even_mid_upload(live: LiveServer, settings: Set
             assert answer.status_code == 409 and set(answer.json()) == {"detail", "status"}
         assert api.get(f"/api/tasks/{uid}/status").json() == before
 
-        fresh = {"consumer_id": "cpu-fresh0001", "attempt": 2}
+        fresh: dict[str, str | int] = {"consumer_id": "cpu-fresh0001", "attempt": 2}
         output = make_zip({"result.txt": "from the new holder"})
         assert api.put(f"/internal/tasks/{uid}/output", params=fresh, content=output).status_code == 200
         assert api.post(f"/internal/tasks/{uid}/finish", json={**fresh, "status": "finished"}).status_code == 200

@@ -156,3 +156,19 @@ def test_a_deleted_queue_is_declared_again_and_refilled(quick_republish: TestCli
     connection.close()
     _wait_for(lambda: _queue_depth(rabbitmq_url, GPU_QUEUE) == 1)
     assert drain_queue(rabbitmq_url, GPU_QUEUE) == [(uid, 2)]
+
+
+def test_two_private_api_instances_on_postgresql_publish_each_task_once(
+    settings: Settings, db_url: str, rabbitmq_url: str
+) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("two private API instances share a database only on PostgreSQL")
+    with (
+        TestClient(create_app(settings), headers=AUTH) as first,
+        TestClient(create_app(settings), headers=AUTH) as second,
+    ):
+        add_model(first, "m", use_gpu=False)
+        uids = [submit(first if n % 2 else second, "m") for n in range(40)]
+        _wait_for(lambda: first.get("/healthz").json()["unpublished"] == 0)
+        time.sleep(1)
+        assert sorted(uid for uid, _ in drain_queue(rabbitmq_url, CPU_QUEUE)) == sorted(uids)
