@@ -16,15 +16,23 @@ from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from common.settings import valid_uid
 from private_api import crud, crud_tasks, leases
-from private_api.deps import InternalAuth, PublisherDep, SessionDep, SettingsDep, StorageDep
+from private_api.deps import (
+    InternalAuth,
+    InternalTaskUid,
+    PublisherDep,
+    SessionDep,
+    SessionsDep,
+    SettingsDep,
+    StorageDep,
+)
 from private_api.errors import BadUpload, ModelNotFound, TaskNotFound, UnknownTask, UploadTooLarge
 from private_api.orm import Model
+from private_api.receiving import receive_body, receive_tail
 from private_api.routes.consumers import LeaseRuleDep
 from private_api.routes.tasks import ZipFileResponse
 from private_api.schemas import ClaimIn, ClaimOut, FinishIn, HolderIn, ModelOut, ReleaseIn, size_in_bytes
-from private_api.storage import land, receive_body
+from private_api.storage import land
 
 router = APIRouter(prefix="/internal", tags=["consumers"], dependencies=[InternalAuth])
 
@@ -33,23 +41,14 @@ HolderId = Annotated[str, Query(min_length=1, max_length=256, description="the h
 Attempt = Annotated[int, Query(ge=1, description="the attempt the holder claimed")]
 
 
-def _sessions(request: Request) -> sessionmaker[Session]:
-    sessions: sessionmaker[Session] = request.app.state.sessions
-    return sessions
-
-
-def _uid(uid: str) -> str:
-    if not valid_uid(uid):
-        raise UnknownTask(f"no task {uid!r}")
-    return uid
-
-
 @router.post("/tasks/{uid}/claim", response_model=ClaimOut)
-def claim(uid: str, body: ClaimIn, session: SessionDep, settings: SettingsDep, rule: LeaseRuleDep) -> ClaimOut:
+def claim(
+    uid: InternalTaskUid, body: ClaimIn, session: SessionDep, settings: SettingsDep, rule: LeaseRuleDep
+) -> ClaimOut:
     """Hand the task to this consumer instance with the next attempt number (409 says why not)."""
     task, model = crud_tasks.claim_task(
         session,
-        uid=_uid(uid),
+        uid=uid,
         consumer_id=body.consumer_id,
         consumer_name=body.consumer_name,
         rule=rule,
@@ -59,24 +58,24 @@ def claim(uid: str, body: ClaimIn, session: SessionDep, settings: SettingsDep, r
 
 
 @router.post("/tasks/{uid}/heartbeat")
-def heartbeat(uid: str, body: HolderIn, session: SessionDep) -> dict[str, str]:
+def heartbeat(uid: InternalTaskUid, body: HolderIn, session: SessionDep) -> dict[str, str]:
     """Renew the lease; status `cancelled` tells the consumer to stop the container; 409 for a stale holder."""
-    status = crud_tasks.heartbeat(session, uid=_uid(uid), consumer_id=body.consumer_id, attempt=body.attempt)
+    status = crud_tasks.heartbeat(session, uid=uid, consumer_id=body.consumer_id, attempt=body.attempt)
     return {"status": status}
 
 
 def _check_task(sessions: sessionmaker[Session], uid: str) -> None:
     with sessions() as session:
         try:
-            crud.get_task(session, uid=_uid(uid))
+            crud.get_task(session, uid=uid)
         except TaskNotFound as exc:
             raise UnknownTask(exc.detail) from exc
 
 
 @router.get("/tasks/{uid}/input", response_class=ZipFileResponse)
-async def get_input(uid: str, request: Request, storage: StorageDep) -> FileResponse:
+async def get_input(uid: InternalTaskUid, sessions: SessionsDep, storage: StorageDep) -> FileResponse:
     """The task's input zip (streamed with no database connection held)."""
-    await run_in_threadpool(_check_task, _sessions(request), uid)
+    await run_in_threadpool(_check_task, sessions, uid)
     path = storage.input_path(uid)
     if not path.exists():
         raise UnknownTask(f"the input of task {uid!r} is gone")
@@ -92,9 +91,9 @@ def _model_zip(sessions: sessionmaker[Session], hid: str) -> tuple[int, str]:
 
 
 @router.get("/models/{hid}/zip", response_class=ZipFileResponse)
-async def get_model_zip(hid: str, request: Request, storage: StorageDep) -> FileResponse:
+async def get_model_zip(hid: str, sessions: SessionsDep, storage: StorageDep) -> FileResponse:
     """The model's zip, for /model (streamed with no database connection held)."""
-    model_id, sha256 = await run_in_threadpool(_model_zip, _sessions(request), hid)
+    model_id, sha256 = await run_in_threadpool(_model_zip, sessions, hid)
     path = storage.model_zip_path(model_id, sha256)
     if not path.exists():
         raise ModelNotFound(f"the zip of model {hid!r} is gone")
@@ -106,7 +105,7 @@ async def get_model_zip(hid: str, request: Request, storage: StorageDep) -> File
 def _require_holder(sessions: sessionmaker[Session], uid: str, consumer_id: str, attempt: int) -> str:
     """The model's max_output_size when this instance holds this attempt of the task; Conflict (409) if not."""
     with sessions() as session:
-        task = leases.require_holder(session, uid=_uid(uid), consumer_id=consumer_id, attempt=attempt)
+        task = leases.require_holder(session, uid=uid, consumer_id=consumer_id, attempt=attempt)
         model = session.get(Model, task.model_id) if task.model_id is not None else None
         return model.max_output_size if model is not None else DEFAULT_MAX_OUTPUT
 
@@ -128,11 +127,15 @@ def _check_output(path: Path) -> None:
 
 @router.put("/tasks/{uid}/output")
 async def put_output(
-    uid: str, request: Request, storage: StorageDep, consumer_id: HolderId, attempt: Attempt
+    uid: InternalTaskUid,
+    request: Request,
+    sessions: SessionsDep,
+    storage: StorageDep,
+    consumer_id: HolderId,
+    attempt: Attempt,
 ) -> dict[str, int]:
     """Store the output zip of a running task (raw application/zip body, streamed; at most max_output_size)."""
-    sessions = _sessions(request)
-    max_size = await run_in_threadpool(_require_holder, sessions, _uid(uid), consumer_id, attempt)
+    max_size = await run_in_threadpool(_require_holder, sessions, uid, consumer_id, attempt)
     try:
         received = await receive_body(request, storage.temp_path(), _output_bytes(max_size))
     except UploadTooLarge as exc:
@@ -152,18 +155,17 @@ def _write(path: Path, data: bytes) -> None:
 
 @router.put("/tasks/{uid}/logs")
 async def put_logs(
-    uid: str, request: Request, storage: StorageDep, settings: SettingsDep, consumer_id: HolderId, attempt: Attempt
+    uid: InternalTaskUid,
+    request: Request,
+    sessions: SessionsDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    consumer_id: HolderId,
+    attempt: Attempt,
 ) -> dict[str, int]:
     """Store the container's log; only its last MAX_LOG_BYTES are kept."""
-    sessions = _sessions(request)
-    await run_in_threadpool(_require_holder, sessions, _uid(uid), consumer_id, attempt)
-    limit = settings.max_log_bytes
-    tail = bytearray()
-    async for chunk in request.stream():
-        tail += chunk
-        if len(tail) > 2 * limit:
-            del tail[: len(tail) - limit]
-    kept = bytes(tail[-limit:])
+    await run_in_threadpool(_require_holder, sessions, uid, consumer_id, attempt)
+    kept = await receive_tail(request, settings.max_log_bytes)
     await run_in_threadpool(_require_holder, sessions, uid, consumer_id, attempt)
     temp = storage.temp_path()
     try:
@@ -175,9 +177,9 @@ async def put_logs(
 
 
 @router.post("/tasks/{uid}/finish")
-def finish(uid: str, body: FinishIn, session: SessionDep, storage: StorageDep) -> dict[str, str]:
+def finish(uid: InternalTaskUid, body: FinishIn, session: SessionDep, storage: StorageDep) -> dict[str, str]:
     """Store the task's final state; the consumer acknowledges its message after this answers 200."""
-    output = storage.output_path(_uid(uid))
+    output = storage.output_path(uid)
     size = output.stat().st_size if output.exists() else None
     crud_tasks.finish_task(
         session,
@@ -194,7 +196,7 @@ def finish(uid: str, body: FinishIn, session: SessionDep, storage: StorageDep) -
 
 @router.post("/tasks/{uid}/release")
 def release(
-    uid: str, body: ReleaseIn, session: SessionDep, settings: SettingsDep, publisher: PublisherDep
+    uid: InternalTaskUid, body: ReleaseIn, session: SessionDep, settings: SettingsDep, publisher: PublisherDep
 ) -> dict[str, str | None]:
     """Give the task back without using up its attempt; the consumer then acknowledges its message."""
     policy = leases.InfraPolicy(
@@ -204,7 +206,7 @@ def release(
     )
     task = crud_tasks.release_task(
         session,
-        uid=_uid(uid),
+        uid=uid,
         consumer_id=body.consumer_id,
         attempt=body.attempt,
         reason=body.reason,

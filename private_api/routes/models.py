@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from private_api import crud
+from private_api import crud, crud_consumers
 from private_api.deps import InternalAuth, SessionDep, SessionsDep, SettingsDep, StorageDep
 from private_api.errors import InvalidRequest, ModelExists
 from private_api.routes.uploads import ZIP_FORM, disk_errors, receive_zip
@@ -26,7 +26,7 @@ def _refuse_taken(sessions: sessionmaker[Session], hid: str) -> None:
 
 
 def _store_new(
-    sessions: sessionmaker[Session], storage: Storage, model_in: ModelIn, zip_in: Received | None
+    sessions: sessionmaker[Session], storage: Storage, model_in: ModelIn, zip_in: Received | None, stale: float
 ) -> ModelOut:
     """Insert the model and land its zip, in one short session."""
     final = None
@@ -50,7 +50,7 @@ def _store_new(
             if final is not None:
                 final.unlink(missing_ok=True)
             raise
-        return ModelOut.model_validate(model)
+        return crud_consumers.model_out(model, crud_consumers.live_per_queue(session, stale_seconds=stale))
 
 
 @router.post("", response_model=ModelOut, openapi_extra=ZIP_FORM)
@@ -67,22 +67,23 @@ async def create_model(
     try:
         if model_in.model_available and zip_in is None:
             raise InvalidRequest("model_available=true needs a zip_file")
-        return await run_in_threadpool(_store_new, sessions, storage, model_in, zip_in)
+        return await run_in_threadpool(_store_new, sessions, storage, model_in, zip_in, settings.consumer_stale_seconds)
     finally:
         if zip_in is not None:
             zip_in.path.unlink(missing_ok=True)
 
 
 @router.get("", response_model=list[ModelOut])
-def list_models(session: SessionDep) -> list[ModelOut]:
+def list_models(session: SessionDep, settings: SettingsDep) -> list[ModelOut]:
     """All registered models."""
-    return [ModelOut.model_validate(m) for m in crud.list_models(session)]
+    return crud_consumers.models_out(session, crud.list_models(session), stale_seconds=settings.consumer_stale_seconds)
 
 
 @router.get("/{hid}", response_model=ModelOut)
-def get_model(hid: str, session: SessionDep) -> ModelOut:
+def get_model(hid: str, session: SessionDep, settings: SettingsDep) -> ModelOut:
     """One model by its human_readable_id."""
-    return ModelOut.model_validate(crud.get_model(session, hid=hid))
+    model = crud.get_model(session, hid=hid)
+    return crud_consumers.models_out(session, [model], stale_seconds=settings.consumer_stale_seconds)[0]
 
 
 def _check_update(sessions: sessionmaker[Session], hid: str, update: ModelUpdate, has_zip: bool) -> None:
@@ -94,7 +95,12 @@ def _check_update(sessions: sessionmaker[Session], hid: str, update: ModelUpdate
 
 
 def _store_update(
-    sessions: sessionmaker[Session], storage: Storage, hid: str, update: ModelUpdate, zip_in: Received | None
+    sessions: sessionmaker[Session],
+    storage: Storage,
+    hid: str,
+    update: ModelUpdate,
+    zip_in: Received | None,
+    stale: float,
 ) -> ModelOut:
     """Change the model's fields and zip in one short session; the replaced zip is removed once committed."""
     fields = update.changes()
@@ -112,6 +118,7 @@ def _store_update(
                 fields.update(zip_sha256=None, zip_size=None)
             crud.update_model(session, model, **fields)
             session.commit()
+            out = crud_consumers.model_out(model, crud_consumers.live_per_queue(session, stale_seconds=stale))
         except BaseException:
             session.rollback()
             if final is not None and final != old:
@@ -119,7 +126,7 @@ def _store_update(
             raise
     if old is not None and old != final and (zip_in is not None or drop_zip):
         old.unlink(missing_ok=True)
-    return ModelOut.model_validate(model)
+    return out
 
 
 @router.patch("/{hid}", response_model=ModelOut, openapi_extra=ZIP_FORM)
@@ -137,7 +144,9 @@ async def update_model(
     try:
         if zip_in is None:
             await run_in_threadpool(_check_update, sessions, hid, update, False)
-        return await run_in_threadpool(_store_update, sessions, storage, hid, update, zip_in)
+        return await run_in_threadpool(
+            _store_update, sessions, storage, hid, update, zip_in, settings.consumer_stale_seconds
+        )
     finally:
         if zip_in is not None:
             zip_in.path.unlink(missing_ok=True)

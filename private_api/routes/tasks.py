@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from private_api import crud
+from private_api import crud, crud_consumers
 from private_api.deps import (
     EngineDep,
     InternalAuth,
@@ -100,6 +100,7 @@ async def create_task(
 @router.get("", response_model=TaskPage)
 def list_tasks(
     session: SessionDep,
+    settings: SettingsDep,
     owner: OwnerDep,
     status: TaskStatus | None = None,
     model: str | None = None,
@@ -108,7 +109,8 @@ def list_tasks(
 ) -> TaskPage:
     """Tasks, newest first, filtered by status and model."""
     tasks, total = crud.list_tasks(session, status=status, model=model, owner=owner, limit=limit, offset=offset)
-    return TaskPage(items=[crud.task_out(t) for t in tasks], total=total)
+    items = crud_consumers.tasks_out(session, tasks, stale_seconds=settings.consumer_stale_seconds)
+    return TaskPage(items=items, total=total)
 
 
 def _log_tail(storage: Storage, uid: str) -> str:
@@ -159,10 +161,10 @@ async def get_task_output(uid: TaskUid, engine: EngineDep, storage: StorageDep, 
 
 
 @router.get("/{uid}/status", response_model=TaskOut)
-def get_task_status(uid: TaskUid, session: SessionDep, owner: OwnerDep) -> TaskOut:
+def get_task_status(uid: TaskUid, session: SessionDep, settings: SettingsDep, owner: OwnerDep) -> TaskOut:
     """A task's status, timestamps, queue position, attempt, exit code and error."""
     task = crud.get_task(session, uid=uid, owner=owner)
-    return crud.task_out(task, position=crud.queue_position(session, task))
+    return crud_consumers.task_status(session, task, stale_seconds=settings.consumer_stale_seconds)
 
 
 @router.get("/{uid}/logs", response_class=PlainTextResponse)
