@@ -207,7 +207,11 @@ def test_interrupted_fill_is_redone_and_changed_zip_gets_a_new_folder(box: Box, 
     dir_two = box.workspace.model_dir(changed, lambda d: d.write_bytes(zip_two.read_bytes()))
     assert model_dir is not None and dir_two is not None and dir_two != model_dir
     assert [key for key, _ in box.workspace.old_model_versions(changed)] == [model.content_key]
-    box.workspace.remove_model_version(model.content_key or "")
+    hold = box.workspace.hold_model(model)  # a task still mounts the old version
+    assert hold is not None and box.workspace.remove_model_version(model.content_key or "") is False
+    assert model_dir.is_dir()
+    hold.close()
+    assert box.workspace.remove_model_version(model.content_key or "") is True
     assert not model_dir.exists() and dir_two.is_dir()
 
 
