@@ -50,6 +50,7 @@ def build_worker(settings: ConsumerSettings, instance_id: str | None = None) -> 
         settings.work_dir,
         instance_id=instance_id,
         scope=scope,
+        zip_limits=settings.zip_limits(),
         min_free_bytes=settings.min_free_disk_bytes,
         fill_timeout=settings.model_fill_timeout_seconds,
     )
