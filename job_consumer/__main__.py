@@ -45,7 +45,7 @@ def build_worker(settings: ConsumerSettings, instance_id: str | None = None) -> 
         timeout=settings.http_timeout_seconds,
         retry_seconds=settings.private_api_retry_seconds,
     )
-    scope = scope_of(settings.private_api_url)
+    scope = scope_of(settings.private_api_url, settings.deployment_name)
     workspace = Workspace(
         settings.work_dir,
         instance_id=instance_id,

@@ -42,6 +42,8 @@ class ConsumerSettings(ServiceSettings):
     # The tiny container that checks the GPU (a device request for GPU_DEVICE, command `true`).
     gpu_probe_image: str = "busybox"
     tmp_size: str = "1g"
+    # Tells this deployment's containers and task folders from another's on the same engine (compose: the project).
+    deployment_name: str = ""
     # Zip limits for input and model zips (the env names of common/zips.py's ZipSettings, once it exists).
     max_zip_total_bytes: int = Field(default=ZipLimits.max_total_size, gt=0)
     max_zip_files: int = Field(default=ZipLimits.max_files, gt=0)
@@ -79,7 +81,6 @@ class ConsumerSettings(ServiceSettings):
         if not all(c.isalnum() or c in "._-" for c in self.consumer_id):
             raise ValueError("CONSUMER_ID may hold only letters, digits and ._-")
         return self
-
 
     def zip_limits(self) -> ZipLimits:
         """The limits input and model zips are extracted with."""

@@ -68,7 +68,9 @@ def test_sandbox_policy_locks_the_container_down():
     assert "device_requests" not in kwargs and kwargs["environment"] == {"NVIDIA_VISIBLE_DEVICES": "void"}
     assert "volumes" not in kwargs
     assert _kwargs(user="1000:1000")["user"] == "1000:1000"
-    assert scope_of("http://private-api:7000") == scope_of("http://private-api:7000") != scope_of("http://other")
+    url = "http://private-api:7000"
+    assert scope_of(url) == scope_of(url) != scope_of("http://other")
+    assert scope_of(url, "project-a") != scope_of(url, "project-b") != scope_of(url)
 
 
 def test_network_only_when_the_model_asks():
