@@ -154,6 +154,9 @@ def model_container_kwargs(
         "detach": True,
         **_gpu_access(model.use_gpu, sandbox.gpu_device),
     }
+    if not model.user:
+        # nobody's home does not exist: libraries that cache under ~ (torch, matplotlib) write to the /tmp tmpfs.
+        kwargs["environment"] = {**kwargs["environment"], "HOME": "/tmp"}
     if model.cpus:
         kwargs["nano_cpus"] = int(model.cpus * 1_000_000_000)
     return kwargs

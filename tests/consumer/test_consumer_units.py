@@ -65,7 +65,8 @@ def test_sandbox_policy_locks_the_container_down():
     assert labels["inference-server.consumer"] == "host-gpu1"
     assert labels["inference-server.attempt"] == "2" and labels["inference-server.deadline"] == "1900000000"
     assert labels["inference-server.scope"] == "scope123"
-    assert "device_requests" not in kwargs and kwargs["environment"] == {"NVIDIA_VISIBLE_DEVICES": "void"}
+    assert "device_requests" not in kwargs
+    assert kwargs["environment"] == {"NVIDIA_VISIBLE_DEVICES": "void", "HOME": "/tmp"}
     assert "volumes" not in kwargs
     assert _kwargs(user="1000:1000")["user"] == "1000:1000"
     url = "http://private-api:7000"
@@ -86,7 +87,7 @@ def test_gpu_model_gets_exactly_its_gpu(device):
     assert isinstance(request, DeviceRequest)
     assert request["DeviceIDs"] == [device] and request["Capabilities"] == [["gpu"]]
     assert request.get("Count") in (None, 0)
-    assert kwargs["environment"] == {"NVIDIA_VISIBLE_DEVICES": device}
+    assert kwargs["environment"]["NVIDIA_VISIBLE_DEVICES"] == device
 
 
 def test_gpu_model_is_refused_without_a_gpu():
