@@ -167,6 +167,11 @@ class Workspace:
         """Remove the attempt's folders."""
         remove_tree(dirs.root)
 
+    def close(self) -> None:
+        """At a clean exit: remove this instance's (by then empty) folder."""
+        with contextlib.suppress(OSError):
+            self.own_root.rmdir()
+
     def task_folders_of_others(self) -> Iterator[tuple[str, str, int, Path]]:
         """(instance, uid, attempt, folder) of task folders other consumer instances left under WORK_DIR."""
         if not self.tasks_root.is_dir():
