@@ -19,13 +19,12 @@ from job_consumer.containers import Engine, RunResult
 from job_consumer.errors import ModelFailed, RetryLater
 from job_consumer.housekeeping import Housekeeping
 from job_consumer.outputs import folder_to_zip
-from job_consumer.private_api import PrivateApiClient
 from job_consumer.sandbox import SCOPE_LABEL, Sandbox, TaskRef, model_container_kwargs
 from job_consumer.schemas import Claim, ModelInfo, TaskInfo
 from job_consumer.task_runner import Settle, TaskControl, TaskRunner
 from job_consumer.workspace import Workspace
 from tests.consumer.conftest import Box, make_box, remove_instance_containers
-from tests.consumer.helpers import make_model, make_zip, read_member, zip_entries
+from tests.consumer.helpers import make_model, make_zip, mock_api, read_member, zip_entries
 
 pytestmark = pytest.mark.docker
 
@@ -298,13 +297,7 @@ def test_reaper_removes_orphans_by_lease_and_deadline(consumer_docker, model_ima
         checked.extend(leases)
         return httpx.Response(200, json={"live": [lease["uid"].startswith("live") for lease in leases]})
 
-    api = PrivateApiClient(
-        "http://api",
-        token="t" * 32,
-        instance_id="me-0123456789ab",
-        consumer_name="me",
-        transport=httpx.MockTransport(handler),
-    )
+    api = mock_api(handler, "me-0123456789ab")
     workspace = Workspace(tmp_path / "work", instance_id="me-0123456789ab")
     engine = Engine(consumer_docker, pull_missing_images=False)
     housekeeping = Housekeeping(
@@ -340,13 +333,7 @@ def test_reaper_removes_orphans_by_lease_and_deadline(consumer_docker, model_ima
 
 def test_reaper_skips_when_the_private_api_has_no_lease_check(consumer_docker, model_images, tmp_path):
     """An older private API (no POST /internal/leases/check) means no reaping by lease, only by deadline."""
-    api = PrivateApiClient(
-        "http://api",
-        token="t" * 32,
-        instance_id="me-0123456789ab",
-        consumer_name="me",
-        transport=httpx.MockTransport(lambda request: httpx.Response(404, json={"detail": "Not Found"})),
-    )
+    api = mock_api(lambda request: httpx.Response(404, json={"detail": "Not Found"}), "me-0123456789ab")
     scope = f"test-reap-{secrets.token_hex(4)}"
     engine = Engine(consumer_docker, pull_missing_images=False)
     housekeeping = Housekeeping(
@@ -380,9 +367,7 @@ def test_gpu_error_mid_task_releases_it_as_infrastructure(consumer_docker, model
     if any(runtime == "nvidia" for runtime in (consumer_docker.info().get("Runtimes") or {})):
         pytest.skip("this engine has the NVIDIA runtime: the GPU error cannot be injected here")
     instance = f"gpu-{secrets.token_hex(6)}"
-    api = PrivateApiClient(
-        "http://api", token="t" * 32, instance_id=instance, consumer_name="gpu", transport=httpx.MockTransport(handler)
-    )
+    api = mock_api(handler, instance)
     gpu_errors: list[str] = []
     runner = TaskRunner(
         api=api,

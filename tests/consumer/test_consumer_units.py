@@ -22,7 +22,7 @@ from job_consumer.private_api import ClaimOutcome, PrivateApiClient
 from job_consumer.sandbox import Sandbox, TaskRef, model_container_kwargs, scope_of
 from job_consumer.schemas import parse_size
 from job_consumer.task_runner import failure_reason
-from tests.consumer.helpers import make_model
+from tests.consumer.helpers import make_model, mock_api
 
 TOKEN = "unit-test-token-0123456789abcdef"
 
@@ -147,14 +147,7 @@ def test_failure_reasons_users_understand():
 
 def _client(handler, retry_seconds: float = 0.0) -> PrivateApiClient:
     """A client whose HTTP goes to handler."""
-    return PrivateApiClient(
-        "http://api",
-        token=TOKEN,
-        instance_id="c1-0123456789ab",
-        consumer_name="c1",
-        retry_seconds=retry_seconds,
-        transport=httpx.MockTransport(handler),
-    )
+    return mock_api(handler, "c1-0123456789ab", retry_seconds=retry_seconds)
 
 
 def _claim_answer(status_code: int, body: dict) -> PrivateApiClient:
@@ -183,7 +176,7 @@ def test_every_task_call_names_the_instance_and_attempt():
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        assert request.headers["X-Internal-Token"] == TOKEN
+        assert request.headers["X-Internal-Token"] == "mock-token-0123456789abcdef"
         return httpx.Response(200, json={"status": "running"})
 
     client = _client(handler)
