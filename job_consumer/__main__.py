@@ -45,13 +45,15 @@ def build_worker(settings: ConsumerSettings, instance_id: str | None = None) -> 
         timeout=settings.http_timeout_seconds,
         retry_seconds=settings.private_api_retry_seconds,
     )
+    scope = scope_of(settings.private_api_url, settings.deployment_name)
     workspace = Workspace(
         settings.work_dir,
         instance_id=instance_id,
+        scope=scope,
+        zip_limits=settings.zip_limits(),
         min_free_bytes=settings.min_free_disk_bytes,
         fill_timeout=settings.model_fill_timeout_seconds,
     )
-    scope = scope_of(settings.private_api_url)
     queues = queues_for(has_gpu=settings.gpu_device is not None)
     housekeeping = Housekeeping(
         api=api,

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 
 from common.settings import ServiceSettings
+from common.zips import ZipLimits
 
 __all__ = ["ConsumerSettings", "load_settings"]
 
@@ -41,6 +42,12 @@ class ConsumerSettings(ServiceSettings):
     # The tiny container that checks the GPU (a device request for GPU_DEVICE, command `true`).
     gpu_probe_image: str = "busybox"
     tmp_size: str = "1g"
+    # Tells this deployment's containers and task folders from another's on the same engine (compose: the project).
+    deployment_name: str = ""
+    # Zip limits for input and model zips (the env names of common/zips.py's ZipSettings, once it exists).
+    max_zip_total_bytes: int = Field(default=ZipLimits.max_total_size, gt=0)
+    max_zip_files: int = Field(default=ZipLimits.max_files, gt=0)
+    max_zip_ratio: float = Field(default=ZipLimits.max_ratio, gt=1)
 
     @field_validator("gpu_device", "docker_host", mode="before")
     @classmethod
@@ -74,6 +81,12 @@ class ConsumerSettings(ServiceSettings):
         if not all(c.isalnum() or c in "._-" for c in self.consumer_id):
             raise ValueError("CONSUMER_ID may hold only letters, digits and ._-")
         return self
+
+    def zip_limits(self) -> ZipLimits:
+        """The limits input and model zips are extracted with."""
+        return ZipLimits(
+            max_total_size=self.max_zip_total_bytes, max_files=self.max_zip_files, max_ratio=self.max_zip_ratio
+        )
 
 
 def load_settings() -> ConsumerSettings:

@@ -7,12 +7,10 @@ heartbeat, consumer heartbeat, lease check) are tried once and simply tried agai
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,7 +19,7 @@ import tenacity
 from pydantic import ValidationError
 
 from job_consumer.errors import LeaseLost, ModelFailed, PrivateApiError
-from job_consumer.schemas import Claim
+from job_consumer.schemas import Claim, ClaimOutcome, ClaimResult
 
 __all__ = ["ClaimOutcome", "ClaimResult", "PrivateApiClient"]
 
@@ -33,23 +31,6 @@ _CHUNK = 1024 * 1024
 
 class _Transient(PrivateApiError):
     """A connection error or a 5xx: worth trying again."""
-
-
-class ClaimOutcome(enum.Enum):
-    """What to do with a queue message after trying to claim its task."""
-
-    RUN = "run"
-    SKIP = "skip"  # final, unknown, running elsewhere or not due yet: acknowledge and drop the message
-
-
-@dataclass(frozen=True)
-class ClaimResult:
-    """A claim's outcome; `claim` is set only for RUN."""
-
-    outcome: ClaimOutcome
-    claim: Claim | None = None
-    status: str | None = None
-    detail: str = ""
 
 
 def _detail(response: httpx.Response) -> str:

@@ -46,9 +46,14 @@ DEFAULT_USER = "65534:65534"
 NOFILE = 8192
 
 
-def scope_of(private_api_url: str) -> str:
-    """The label value that tells one deployment's containers from another's on a shared engine."""
-    return hashlib.sha256(private_api_url.encode()).hexdigest()[:12]
+def scope_of(private_api_url: str, deployment: str = "") -> str:
+    """The label value that tells one deployment's containers from another's on a shared engine.
+
+    Compose projects on one engine share the PRIVATE_API_URL `http://private-api:7000`, so compose adds its project
+    name (DEPLOYMENT_NAME); without one the scope is sha256(PRIVATE_API_URL)[:12].
+    """
+    key = private_api_url if not deployment else f"{private_api_url}\n{deployment}"
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,9 @@ def model_container_kwargs(
         "detach": True,
         **_gpu_access(model.use_gpu, sandbox.gpu_device),
     }
+    if not model.user:
+        # nobody's home does not exist: libraries that cache under ~ (torch, matplotlib) write to the /tmp tmpfs.
+        kwargs["environment"] = {**kwargs["environment"], "HOME": "/tmp"}
     if model.cpus:
         kwargs["nano_cpus"] = int(model.cpus * 1_000_000_000)
     return kwargs

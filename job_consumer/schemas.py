@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import enum
 import re
+from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Claim", "ModelInfo", "TaskInfo", "parse_size"]
+__all__ = ["Claim", "ClaimOutcome", "ClaimResult", "ModelInfo", "TaskInfo", "parse_size"]
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)b?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -77,3 +79,20 @@ class Claim(BaseModel):
 
     task: TaskInfo
     model: ModelInfo
+
+
+class ClaimOutcome(enum.Enum):
+    """What to do with a queue message after trying to claim its task."""
+
+    RUN = "run"
+    SKIP = "skip"  # final, unknown, running elsewhere or not due yet: acknowledge and drop the message
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """A claim's outcome; `claim` is set only for RUN."""
+
+    outcome: ClaimOutcome
+    claim: Claim | None = None
+    status: str | None = None
+    detail: str = ""

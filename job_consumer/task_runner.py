@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import IO
 
 from docker.models.containers import Container
 
@@ -17,7 +18,7 @@ from job_consumer.containers import Engine, RunResult
 from job_consumer.errors import DiskFull, GpuUnusable, LeaseLost, ModelFailed, PrivateApiError, RetryLater
 from job_consumer.outputs import OutputTooLarge, folder_to_zip
 from job_consumer.private_api import PrivateApiClient
-from job_consumer.sandbox import MODEL_LABEL, Sandbox, TaskRef, model_container_kwargs
+from job_consumer.sandbox import Sandbox, TaskRef, model_container_kwargs
 from job_consumer.schemas import Claim, ModelInfo
 from job_consumer.workspace import TaskDirs, Workspace
 
@@ -63,6 +64,7 @@ class _Held:
 
     dirs: TaskDirs | None = None
     container: Container | None = None
+    model_hold: IO[str] | None = None
 
 
 class _Shutdown(Exception):
@@ -222,7 +224,11 @@ class TaskRunner:
                     model.human_readable_id, dest, expected_sha256=model.zip_sha256 or ""
                 ),
             )
-        self._remove_old_versions(model)
+        held.model_hold = self.workspace.hold_model(model)
+        if model_dir is not None and not model_dir.is_dir():
+            raise RetryLater(f"the content of model {model.human_readable_id!r} went away while it was taken")
+        for key, _folder in self.workspace.old_model_versions(model):
+            self.workspace.remove_model_version(key)
         self._check(control)
         dirs = self.workspace.task_dirs(uid, attempt)
         held.dirs = dirs
@@ -254,14 +260,6 @@ class TaskRunner:
         held.container = container
         return dirs, container
 
-    def _remove_old_versions(self, model: ModelInfo) -> None:
-        """Drop this model's content for older zips, unless a container (any consumer's) still mounts it."""
-        for key, _folder in self.workspace.old_model_versions(model):
-            if self.engine.list(f"{MODEL_LABEL}={key}"):
-                log.info("kept the content %s for now: a container still uses it", key)
-                continue
-            self.workspace.remove_model_version(key)
-
     def _finish(self, claim: Claim, status: str, reason: str | None, exit_code: int | None) -> tuple[str, Settle]:
         """Store the final state; ACK once stored or once the task is no longer ours."""
         if reason:
@@ -288,3 +286,5 @@ class TaskRunner:
             self.engine.remove(held.container.id or "")
         if held.dirs is not None:
             self.workspace.remove_task(held.dirs)
+        if held.model_hold is not None:
+            held.model_hold.close()

@@ -98,6 +98,7 @@ class Worker:
             self.broker.close()
             for thread in self._cleaning:
                 thread.join(self.cleanup_wait_seconds)
+            self.runner.workspace.close()
             self.housekeeping.goodbye()
         return self.processed
 

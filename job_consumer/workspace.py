@@ -1,7 +1,8 @@
 """Provision and clean up on disk: each task's folders and the models' content, all under WORK_DIR.
 
-WORK_DIR/tasks/<instance>/<uid>-<attempt>/{input,output} are the task's /input and /output (bind-mounted);
-WORK_DIR/models/<model>-<sha256[:16]>/ is a model's /model, filled once per host under a file lock.
+WORK_DIR/tasks/<scope>/<instance>/<uid>-<attempt>/{input,output} are the task's /input and /output (bind-mounted);
+WORK_DIR/models/<model>-<sha256[:16]>/ is a model's /model, filled once per host under an exclusive flock of its lock
+file and held with a shared one by every task that mounts it (so it is never removed under a running model).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from common.zips import UnsafeZipError, ZipLimits, safe_extract
 from job_consumer.errors import DiskFull, ModelFailed, RetryLater
@@ -105,6 +107,7 @@ class Workspace:
         work_dir: Path,
         *,
         instance_id: str,
+        scope: str = "default",
         zip_limits: ZipLimits | None = None,
         min_free_bytes: int = 0,
         fill_timeout: float = 3600.0,
@@ -114,7 +117,8 @@ class Workspace:
         self.zip_limits = zip_limits or ZipLimits()
         self.min_free_bytes = min_free_bytes
         self.fill_timeout = fill_timeout
-        self.tasks_root = work_dir / "tasks"
+        # Per deployment (scope): the orphan reaper asks only its own private API about the folders it finds.
+        self.tasks_root = work_dir / "tasks" / _path_safe(scope)
         self.models_root = work_dir / "models"
         self.own_root = self.tasks_root / _path_safe(instance_id)
 
@@ -163,6 +167,11 @@ class Workspace:
         """Remove the attempt's folders."""
         remove_tree(dirs.root)
 
+    def close(self) -> None:
+        """At a clean exit: remove this instance's (by then empty) folder."""
+        with contextlib.suppress(OSError):
+            self.own_root.rmdir()
+
     def task_folders_of_others(self) -> Iterator[tuple[str, str, int, Path]]:
         """(instance, uid, attempt, folder) of task folders other consumer instances left under WORK_DIR."""
         if not self.tasks_root.is_dir():
@@ -177,24 +186,34 @@ class Workspace:
 
     # ---- model content -----------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _fill_lock(self, key: str) -> Iterator[None]:
-        """Hold the model's fill lock (an flock shared by every consumer on this host); RetryLater on timeout."""
+    def _lock(self, key: str, mode: int, *, wait: bool = True) -> IO[str] | None:
+        """The model's lock file, flock'ed with mode; None when not waiting and it is taken; RetryLater on timeout."""
         self.models_root.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.fill_timeout
-        with open(self.models_root / f".{key}.lock", "a") as handle:
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise RetryLater(f"gave up waiting for another consumer to fill the content of {key}") from None
-                    time.sleep(0.5)
+        handle = open(self.models_root / f".{key}.lock", "a")  # noqa: SIM115 - returned to the caller
+        while True:
             try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                fcntl.flock(handle, mode | fcntl.LOCK_NB)
+                return handle
+            except BlockingIOError:
+                if not wait or time.monotonic() > deadline:
+                    handle.close()
+                    if not wait:
+                        return None
+                    raise RetryLater(f"gave up waiting for another consumer to fill the content of {key}") from None
+                time.sleep(0.5)
+
+    @contextlib.contextmanager
+    def _fill_lock(self, key: str) -> Iterator[None]:
+        """Hold the model's fill lock (exclusive, shared by every consumer on this host)."""
+        handle = self._lock(key, fcntl.LOCK_EX)
+        assert handle is not None
+        with handle:
+            yield
+
+    def hold_model(self, model: ModelInfo) -> IO[str] | None:
+        """A shared lock on the model's content for as long as a task mounts it (close the handle to let go)."""
+        return self._lock(model.content_key, fcntl.LOCK_SH) if model.content_key else None
 
     def model_dir(self, model: ModelInfo, fetch_zip: Callable[[Path], object]) -> Path | None:
         """The folder mounted read-only at /model for this model's zip, filled once per host; None without a zip.
@@ -239,8 +258,13 @@ class Workspace:
             and folder.is_dir()
         ]
 
-    def remove_model_version(self, key: str) -> None:
-        """Remove one content folder under its fill lock."""
-        with self._fill_lock(key):
+    def remove_model_version(self, key: str) -> bool:
+        """Remove one content folder unless a task holds it (its shared lock); True when it went."""
+        handle = self._lock(key, fcntl.LOCK_EX, wait=False)
+        if handle is None:
+            log.info("kept the content %s for now: a task still uses it", key)
+            return False
+        with handle:
             remove_tree(self.models_root / key)
         log.info("removed the content %s (an older version)", key)
+        return True

@@ -5,9 +5,13 @@ from __future__ import annotations
 import io
 import secrets
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from job_consumer.private_api import PrivateApiClient
 from job_consumer.schemas import ModelInfo
 
 
@@ -60,3 +64,15 @@ def zip_bytes(files: dict[str, bytes]) -> bytes:
         for name, data in files.items():
             archive.writestr(name, data)
     return buffer.getvalue()
+
+
+def mock_api(handler: Callable[[httpx.Request], httpx.Response], instance_id: str, **options: Any) -> PrivateApiClient:
+    """A private API client for instance_id (name: the id without its suffix) whose HTTP goes to handler."""
+    return PrivateApiClient(
+        "http://api",
+        token="mock-token-0123456789abcdef",
+        instance_id=instance_id,
+        consumer_name=instance_id.rsplit("-", 1)[0],
+        transport=httpx.MockTransport(handler),
+        **options,
+    )

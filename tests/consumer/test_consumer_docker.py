@@ -19,12 +19,12 @@ from job_consumer.containers import Engine, RunResult
 from job_consumer.errors import ModelFailed, RetryLater
 from job_consumer.housekeeping import Housekeeping
 from job_consumer.outputs import folder_to_zip
-from job_consumer.private_api import PrivateApiClient
-from job_consumer.sandbox import SCOPE_LABEL, TaskRef, model_container_kwargs
-from job_consumer.schemas import ModelInfo
+from job_consumer.sandbox import SCOPE_LABEL, Sandbox, TaskRef, model_container_kwargs
+from job_consumer.schemas import Claim, ModelInfo, TaskInfo
+from job_consumer.task_runner import Settle, TaskControl, TaskRunner
 from job_consumer.workspace import Workspace
 from tests.consumer.conftest import Box, make_box, remove_instance_containers
-from tests.consumer.helpers import make_model, make_zip, read_member, zip_entries
+from tests.consumer.helpers import make_model, make_zip, mock_api, read_member, zip_entries
 
 pytestmark = pytest.mark.docker
 
@@ -207,7 +207,11 @@ def test_interrupted_fill_is_redone_and_changed_zip_gets_a_new_folder(box: Box, 
     dir_two = box.workspace.model_dir(changed, lambda d: d.write_bytes(zip_two.read_bytes()))
     assert model_dir is not None and dir_two is not None and dir_two != model_dir
     assert [key for key, _ in box.workspace.old_model_versions(changed)] == [model.content_key]
-    box.workspace.remove_model_version(model.content_key or "")
+    hold = box.workspace.hold_model(model)  # a task still mounts the old version
+    assert hold is not None and box.workspace.remove_model_version(model.content_key or "") is False
+    assert model_dir.is_dir()
+    hold.close()
+    assert box.workspace.remove_model_version(model.content_key or "") is True
     assert not model_dir.exists() and dir_two.is_dir()
 
 
@@ -293,13 +297,7 @@ def test_reaper_removes_orphans_by_lease_and_deadline(consumer_docker, model_ima
         checked.extend(leases)
         return httpx.Response(200, json={"live": [lease["uid"].startswith("live") for lease in leases]})
 
-    api = PrivateApiClient(
-        "http://api",
-        token="t" * 32,
-        instance_id="me-0123456789ab",
-        consumer_name="me",
-        transport=httpx.MockTransport(handler),
-    )
+    api = mock_api(handler, "me-0123456789ab")
     workspace = Workspace(tmp_path / "work", instance_id="me-0123456789ab")
     engine = Engine(consumer_docker, pull_missing_images=False)
     housekeeping = Housekeeping(
@@ -335,13 +333,7 @@ def test_reaper_removes_orphans_by_lease_and_deadline(consumer_docker, model_ima
 
 def test_reaper_skips_when_the_private_api_has_no_lease_check(consumer_docker, model_images, tmp_path):
     """An older private API (no POST /internal/leases/check) means no reaping by lease, only by deadline."""
-    api = PrivateApiClient(
-        "http://api",
-        token="t" * 32,
-        instance_id="me-0123456789ab",
-        consumer_name="me",
-        transport=httpx.MockTransport(lambda request: httpx.Response(404, json={"detail": "Not Found"})),
-    )
+    api = mock_api(lambda request: httpx.Response(404, json={"detail": "Not Found"}), "me-0123456789ab")
     scope = f"test-reap-{secrets.token_hex(4)}"
     engine = Engine(consumer_docker, pull_missing_images=False)
     housekeeping = Housekeeping(
@@ -359,3 +351,45 @@ def test_reaper_skips_when_the_private_api_has_no_lease_check(consumer_docker, m
         assert consumer_docker.containers.get(kept)
     finally:
         engine.remove(kept)
+
+
+def test_gpu_error_mid_task_releases_it_as_infrastructure(consumer_docker, model_images, tmp_path):
+    """A GPU task whose container cannot get the GPU: released with infrastructure=true, GPU marked, nothing left."""
+    calls: list[tuple[str, dict]] = []
+    input_zip = make_zip(tmp_path / "in.zip", {"a.txt": b"a"}).read_bytes()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/input"):
+            return httpx.Response(200, content=input_zip)
+        calls.append((request.url.path, json.loads(request.content or b"{}")))
+        return httpx.Response(200, json={"status": "running"})
+
+    if any(runtime == "nvidia" for runtime in (consumer_docker.info().get("Runtimes") or {})):
+        pytest.skip("this engine has the NVIDIA runtime: the GPU error cannot be injected here")
+    instance = f"gpu-{secrets.token_hex(6)}"
+    api = mock_api(handler, instance)
+    gpu_errors: list[str] = []
+    runner = TaskRunner(
+        api=api,
+        engine=Engine(consumer_docker, pull_missing_images=False),
+        workspace=Workspace(tmp_path / "work", instance_id=instance),
+        sandbox=Sandbox(gpu_device="0"),
+        scope="test-gpu-error",
+        on_gpu_error=gpu_errors.append,
+    )
+    uid = "gpu-task-0123456789abcdefgh"
+    claim = Claim(
+        task=TaskInfo(uid=uid, status="running", attempt=1),
+        model=make_model(model_images["copy"], use_gpu=True),
+    )
+    try:
+        result = runner.run(claim, TaskControl())
+    finally:
+        remove_instance_containers(consumer_docker, instance)
+    assert result.outcome == "released" and result.settle is Settle.ACK
+    assert gpu_errors and "could not select device driver" in gpu_errors[0]
+    (release,) = [body for path, body in calls if path.endswith("/release")]
+    assert release["infrastructure"] is True and release["attempt"] == 1 and release["consumer_id"] == instance
+    assert "GPU" in release["reason"]
+    assert not [path for path, _ in calls if path.endswith(("/finish", "/output"))]
+    assert not list((tmp_path / "work" / "tasks").rglob(f"{uid}-1"))

@@ -242,6 +242,7 @@ def test_sigterm_lets_a_short_task_finish(
         status = private_api.status(uid)
         assert status["status"] == "finished", status
         assert json.loads(private_api.http.get(f"/api/tasks/{uid}/status").content)["attempt"] == 1
+        assert not list((tmp_path / consumer_id / "tasks").glob("*/*")), "a clean exit leaves no instance folder"
     finally:
         if process.poll() is None:
             process.kill()

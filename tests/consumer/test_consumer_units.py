@@ -22,7 +22,7 @@ from job_consumer.private_api import ClaimOutcome, PrivateApiClient
 from job_consumer.sandbox import Sandbox, TaskRef, model_container_kwargs, scope_of
 from job_consumer.schemas import parse_size
 from job_consumer.task_runner import failure_reason
-from tests.consumer.helpers import make_model
+from tests.consumer.helpers import make_model, mock_api
 
 TOKEN = "unit-test-token-0123456789abcdef"
 
@@ -65,10 +65,13 @@ def test_sandbox_policy_locks_the_container_down():
     assert labels["inference-server.consumer"] == "host-gpu1"
     assert labels["inference-server.attempt"] == "2" and labels["inference-server.deadline"] == "1900000000"
     assert labels["inference-server.scope"] == "scope123"
-    assert "device_requests" not in kwargs and kwargs["environment"] == {"NVIDIA_VISIBLE_DEVICES": "void"}
+    assert "device_requests" not in kwargs
+    assert kwargs["environment"] == {"NVIDIA_VISIBLE_DEVICES": "void", "HOME": "/tmp"}
     assert "volumes" not in kwargs
     assert _kwargs(user="1000:1000")["user"] == "1000:1000"
-    assert scope_of("http://private-api:7000") == scope_of("http://private-api:7000") != scope_of("http://other")
+    url = "http://private-api:7000"
+    assert scope_of(url) == scope_of(url) != scope_of("http://other")
+    assert scope_of(url, "project-a") != scope_of(url, "project-b") != scope_of(url)
 
 
 def test_network_only_when_the_model_asks():
@@ -84,7 +87,7 @@ def test_gpu_model_gets_exactly_its_gpu(device):
     assert isinstance(request, DeviceRequest)
     assert request["DeviceIDs"] == [device] and request["Capabilities"] == [["gpu"]]
     assert request.get("Count") in (None, 0)
-    assert kwargs["environment"] == {"NVIDIA_VISIBLE_DEVICES": device}
+    assert kwargs["environment"]["NVIDIA_VISIBLE_DEVICES"] == device
 
 
 def test_gpu_model_is_refused_without_a_gpu():
@@ -144,14 +147,7 @@ def test_failure_reasons_users_understand():
 
 def _client(handler, retry_seconds: float = 0.0) -> PrivateApiClient:
     """A client whose HTTP goes to handler."""
-    return PrivateApiClient(
-        "http://api",
-        token=TOKEN,
-        instance_id="c1-0123456789ab",
-        consumer_name="c1",
-        retry_seconds=retry_seconds,
-        transport=httpx.MockTransport(handler),
-    )
+    return mock_api(handler, "c1-0123456789ab", retry_seconds=retry_seconds)
 
 
 def _claim_answer(status_code: int, body: dict) -> PrivateApiClient:
@@ -180,7 +176,7 @@ def test_every_task_call_names_the_instance_and_attempt():
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        assert request.headers["X-Internal-Token"] == TOKEN
+        assert request.headers["X-Internal-Token"] == "mock-token-0123456789abcdef"
         return httpx.Response(200, json={"status": "running"})
 
     client = _client(handler)

@@ -16,7 +16,6 @@ import pytest
 from common.messages import GPU_QUEUE
 from job_consumer.containers import Engine
 from job_consumer.housekeeping import Housekeeping
-from job_consumer.private_api import PrivateApiClient
 from job_consumer.workspace import Workspace
 from tests.consumer.conftest import (
     PrivateApi,
@@ -25,7 +24,7 @@ from tests.consumer.conftest import (
     start_consumer_process,
     stop_process,
 )
-from tests.consumer.helpers import zip_bytes
+from tests.consumer.helpers import mock_api, zip_bytes
 
 pytestmark = pytest.mark.docker
 
@@ -76,13 +75,7 @@ def test_gpu_state_is_in_the_consumer_heartbeat(consumer_docker, tmp_path):
             sent.append({"path": request.url.path, **json.loads(request.content)})
         return httpx.Response(200, json={"live": []})
 
-    api = PrivateApiClient(
-        "http://api",
-        token="t" * 32,
-        instance_id="gpu-host-0123456789ab",
-        consumer_name="gpu-host",
-        transport=httpx.MockTransport(handler),
-    )
+    api = mock_api(handler, "gpu-host-0123456789ab")
     housekeeping = Housekeeping(
         api=api,
         engine=Engine(consumer_docker, pull_missing_images=False),
