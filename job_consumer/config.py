@@ -8,12 +8,12 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 
 from common.settings import ServiceSettings
-from common.zips import ZipLimits
+from common.zips import ZipSettings
 
 __all__ = ["ConsumerSettings", "load_settings"]
 
 
-class ConsumerSettings(ServiceSettings):
+class ConsumerSettings(ServiceSettings, ZipSettings):
     """Everything `python -m job_consumer` is configured by."""
 
     rabbitmq_url: str
@@ -44,10 +44,6 @@ class ConsumerSettings(ServiceSettings):
     tmp_size: str = "1g"
     # Tells this deployment's containers and task folders from another's on the same engine (compose: the project).
     deployment_name: str = ""
-    # Zip limits for input and model zips (the env names of common/zips.py's ZipSettings, once it exists).
-    max_zip_total_bytes: int = Field(default=ZipLimits.max_total_size, gt=0)
-    max_zip_files: int = Field(default=ZipLimits.max_files, gt=0)
-    max_zip_ratio: float = Field(default=ZipLimits.max_ratio, gt=1)
 
     @field_validator("gpu_device", "docker_host", mode="before")
     @classmethod
@@ -82,11 +78,9 @@ class ConsumerSettings(ServiceSettings):
             raise ValueError("CONSUMER_ID may hold only letters, digits and ._-")
         return self
 
-    def zip_limits(self) -> ZipLimits:
-        """The limits input and model zips are extracted with."""
-        return ZipLimits(
-            max_total_size=self.max_zip_total_bytes, max_files=self.max_zip_files, max_ratio=self.max_zip_ratio
-        )
+    def zip_limits(self) -> ZipSettings:
+        """The limits input and model zips are extracted with (MAX_ZIP_* of common/zips.py, as at upload)."""
+        return ZipSettings.model_validate(self.model_dump(include=set(ZipSettings.model_fields)))
 
 
 def load_settings() -> ConsumerSettings:

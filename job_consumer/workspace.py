@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from common.zips import UnsafeZipError, ZipLimits, safe_extract
+from common.zips import UnsafeZipError, ZipSettings, safe_extract
 from job_consumer.errors import DiskFull, ModelFailed, RetryLater
 from job_consumer.schemas import ModelInfo
 
@@ -61,19 +61,16 @@ def _readable_by_all(root: Path) -> None:
     root.chmod(0o755)
 
 
-def _extract(zip_path: Path, dest: Path, limits: ZipLimits, what: str) -> None:
-    """Extract safely; a full disk is the host's problem (DiskFull), a bad zip the user's (ModelFailed)."""
+def _extract(zip_path: Path, dest: Path, limits: ZipSettings, what: str) -> None:
+    """Extract safely; a bad zip is the user's (ModelFailed), a disk or write error the host's (retried)."""
     try:
         safe_extract(zip_path, dest, limits)
     except UnsafeZipError as exc:
-        cause = exc.__cause__
-        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFull(f"no space left in WORK_DIR while extracting {what}") from exc
         raise ModelFailed(f"{what} was rejected: {exc}") from exc
-    except OSError as exc:
+    except OSError as exc:  # ExtractionFailed included: nothing about the zip
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFull(f"no space left in WORK_DIR while extracting {what}") from exc
-        raise
+        raise RetryLater(f"could not extract {what}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -108,13 +105,13 @@ class Workspace:
         *,
         instance_id: str,
         scope: str = "default",
-        zip_limits: ZipLimits | None = None,
+        zip_limits: ZipSettings | None = None,
         min_free_bytes: int = 0,
         fill_timeout: float = 3600.0,
     ) -> None:
         self.work_dir = work_dir
         self.instance_id = instance_id
-        self.zip_limits = zip_limits or ZipLimits()
+        self.zip_limits = zip_limits or ZipSettings()
         self.min_free_bytes = min_free_bytes
         self.fill_timeout = fill_timeout
         # Per deployment (scope): the orphan reaper asks only its own private API about the folders it finds.

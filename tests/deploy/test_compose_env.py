@@ -106,7 +106,7 @@ def _config(compose_file: str, env_file: Path, *extra: str) -> dict[str, Any]:
     return dict(json.loads(result.stdout))
 
 
-def _set_by_compose(service: str, values: dict[str, str]) -> dict[str, str]:
+def _set_by_compose(service: str, values: dict[str, str], project: str) -> dict[str, str]:
     """The few values compose itself sets for a service (they win over .env)."""
     rabbitmq = f"amqp://{values['RABBITMQ_USER']}:{values['RABBITMQ_PASSWORD']}@rabbitmq:5672/%2F"
     work_dir = values.get("CONSUMER_WORK_DIR") or WORK_DIR
@@ -114,7 +114,13 @@ def _set_by_compose(service: str, values: dict[str, str]) -> dict[str, str]:
         return {"HOST": "0.0.0.0", "PORT": "7000", "DATA_DIR": "/data", "RABBITMQ_URL": rabbitmq}
     if service == "public-api":
         return {"HOST": "0.0.0.0", "PORT": "8000", "PRIVATE_API_URL": "http://private-api:7000"}
-    fixed = {"RABBITMQ_URL": rabbitmq, "PRIVATE_API_URL": "http://private-api:7000", "WORK_DIR": work_dir}
+    fixed = {
+        "RABBITMQ_URL": rabbitmq,
+        "PRIVATE_API_URL": "http://private-api:7000",
+        "WORK_DIR": work_dir,
+        "DEPLOYMENT_NAME": project,
+        "GPU_PROBE_IMAGE": f"{values['IMAGE_PREFIX']}/job-consumer:{values['IMAGE_TAG']}",
+    }
     if service == "job-consumer-gpu":
         return fixed  # scripts/gpu_slot.py sets GPU_DEVICE (and CONSUMER_ID unless given) at start
     return {**fixed, "GPU_DEVICE": "" if service == "job-consumer-cpu" else values["GPU0_DEVICE"]}
@@ -126,7 +132,7 @@ def test_every_listed_setting_reaches_its_service(compose_file: str, probe_env: 
     config = _config(compose_file, path, "--profile", "gpu")
     for service, specs in SERVICES[compose_file].items():
         environment = config["services"][service].get("environment") or {}
-        fixed = _set_by_compose(service, values)
+        fixed = _set_by_compose(service, values, config["name"])
         wanted = _read_by(specs) & set(values)
         assert wanted, f"{service}: no variable of .env.example is read by {specs}"
         if service == "job-consumer-gpu":
