@@ -361,27 +361,3 @@ def task_leftovers(client: docker.DockerClient, uid: str) -> list[str]:
     """Names of containers still labelled with the task uid."""
     containers = client.containers.list(all=True, sparse=True, filters={"label": f"{TASK_LABEL}={uid}"})
     return [(c.attrs.get("Names") or [c.id])[0] for c in containers]
-
-
-def missing_state_route(api: PrivateApi) -> str | None:
-    """The first route of the fault-tolerance contract (PLAN.md) this private API lacks, or None.
-
-    The private API's side is built on branch wt-state; tests that need it skip until it is merged.
-    """
-    probes = [
-        ("POST", "/internal/leases/check", {"leases": []}),
-        ("POST", "/internal/consumers/probe-route-check/heartbeat", {"name": "probe", "queues": []}),
-    ]
-    for method, path, body in probes:
-        response = api.http.request(method, path, json=body)
-        if response.status_code in (404, 405) and response.json().get("detail") in ("Not Found", "Method Not Allowed"):
-            return f"{method} {path}"
-    api.http.delete("/internal/consumers/probe-route-check")
-    return None
-
-
-def require_state_contract(api: PrivateApi) -> None:
-    """Skip the test while the private API lacks the contract's routes (merge branch wt-state to run it)."""
-    missing = missing_state_route(api)
-    if missing:
-        pytest.skip(f"the private API has no {missing} yet (PLAN.md contract; branch wt-state)")

@@ -20,9 +20,7 @@ from common.messages import CPU_QUEUE, GPU_QUEUE, encode
 from tests.consumer.conftest import (
     PrivateApi,
     RunningWorker,
-    missing_state_route,
     queue_length,
-    require_state_contract,
     start_consumer_process,
     task_leftovers,
     wait_until,
@@ -175,7 +173,6 @@ def test_kill_9_mid_task_then_the_task_completes_once(
     private_api: PrivateApi, model_images, amqp_url, consumer_docker: docker.DockerClient, tmp_path, consumer_id
 ):
     """kill -9 mid-task: the lease runs out, the task runs again (attempt 2) and the orphan container is reaped."""
-    require_state_contract(private_api)
     model = private_api.add_model(model_images["slow"])
     uid = private_api.submit(model["human_readable_id"], zip_bytes({"a": b"b"}))
     first = _consumer_process(private_api, amqp_url, consumer_id, tmp_path)
@@ -217,9 +214,8 @@ def test_sigterm_requeues_a_task_that_outlives_the_grace_period(
         assert task_leftovers(consumer_docker, uid) == []
         status = private_api.status(uid)
         assert status["status"] == "pending", status
-        if missing_state_route(private_api) is None:  # a release uses no attempt and is republished (wt-state)
-            assert status["attempt"] == 0, status
-            wait_until(lambda: queue_length(amqp_url, CPU_QUEUE) == 1, 15, "the released task to be published again")
+        assert status["attempt"] == 0, status
+        wait_until(lambda: queue_length(amqp_url, CPU_QUEUE) == 1, 15, "the released task to be published again")
     finally:
         if process.poll() is None:
             process.kill()

@@ -18,7 +18,6 @@ import pytest
 
 from tests.consumer.conftest import (
     PrivateApi,
-    missing_state_route,
     start_consumer_process,
     stop_process,
     task_leftovers,
@@ -80,10 +79,9 @@ def test_below_min_free_disk_the_task_is_released_and_runs_once_space_is_back(
         status = private_api.status(uid)
         assert status["status"] in ("pending", "running") and status["exit_code"] is None, status
         assert not task_leftovers(consumer_docker, uid), "no container was started"
-        if missing_state_route(private_api) is None:  # the private API republishes released tasks (branch wt-state)
-            ballast.unlink()
-            status = private_api.wait(uid, {"finished", "failed"}, timeout=60)
-            assert status["status"] == "finished", status
+        ballast.unlink()
+        status = private_api.wait(uid, {"finished", "failed"}, timeout=60)
+        assert status["status"] == "finished", status
     finally:
         assert stop_process(process) == 0
 

@@ -19,7 +19,6 @@ from job_consumer.housekeeping import Housekeeping
 from job_consumer.workspace import Workspace
 from tests.consumer.conftest import (
     PrivateApi,
-    missing_state_route,
     queue_length,
     start_consumer_process,
     stop_process,
@@ -53,12 +52,11 @@ def test_gpu_consumer_without_a_usable_gpu_takes_no_gpu_task(
         warnings = [line for line in log_text.splitlines() if " WARNING " in line and "GPU 0 is unusable" in line]
         assert len(warnings) >= 2, log_text[-3000:]
         assert "could not select device driver" in warnings[0]
-        if missing_state_route(private_api) is None:
-            health = private_api.http.get("/healthz").json()
-            (mine,) = [c for c in health["consumers"] if c["name"] == consumer_id]
-            assert mine["gpu_usable"] is False and "could not select device driver" in mine["gpu_reason"]
-            assert GPU_QUEUE not in mine["queues"]
-            assert any("GPU" in warning for warning in health.get("warnings", []))
+        health = private_api.http.get("/healthz").json()
+        (mine,) = [c for c in health["consumers"] if c["name"] == consumer_id]
+        assert mine["gpu_usable"] is False and "could not select device driver" in mine["gpu_reason"]
+        assert GPU_QUEUE not in mine["queues"]
+        assert any("GPU" in warning for warning in health.get("warnings", []))
     finally:
         assert stop_process(process) == 0
     assert not consumer_docker.containers.list(
