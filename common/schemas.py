@@ -23,9 +23,10 @@ __all__ = [
     "MAX_PAGE",
     "MAX_TIMEOUT",
     "ErrorOut",
+    "ModelIn",
     "ModelLimits",
     "ModelOut",
-    "ModelQuery",
+    "ModelUpdate",
     "Paging",
     "ServiceInfo",
     "Size",
@@ -91,46 +92,60 @@ Size = Annotated[str, AfterValidator(_size)]
 class ModelLimits(BaseModel):
     """The run limits of a model, with their defaults."""
 
-    timeout: int = Field(default=DEFAULT_TIMEOUT, ge=1, le=MAX_TIMEOUT)
-    mem_limit: Size = DEFAULT_MEM_LIMIT
-    shm_size: Size = DEFAULT_SHM_SIZE
-    cpus: float = Field(default=DEFAULT_CPUS, gt=0, le=512)
-    network: bool = False
-    max_output_size: Size = DEFAULT_MAX_OUTPUT_SIZE
-    user: str | None = Field(default=None, pattern=_USER_PATTERN)
+    timeout: int = Field(default=DEFAULT_TIMEOUT, ge=1, le=MAX_TIMEOUT, description="seconds a task may run")
+    mem_limit: Size = Field(default=DEFAULT_MEM_LIMIT, description="docker size string, e.g. 8g")
+    shm_size: Size = Field(default=DEFAULT_SHM_SIZE, description="docker size string (PyTorch data loaders need it)")
+    cpus: float = Field(default=DEFAULT_CPUS, gt=0, le=512, description="CPUs a task may use")
+    network: bool = Field(default=False, description="give the container a network")
+    max_output_size: Size = Field(default=DEFAULT_MAX_OUTPUT_SIZE, description="largest output zip, a docker size")
+    user: str | None = Field(default=None, pattern=_USER_PATTERN, description="user[:group] the model runs as")
 
 
 LIMIT_FIELDS = frozenset(ModelLimits.model_fields)
 
 
-class ModelQuery(BaseModel):
-    """The query of `POST /api/models/`: a model's fields; a run limit left out gets its default."""
+class ModelIn(ModelLimits):
+    """The query of registering a model (`POST /api/models/`): its fields, and run limits with their defaults."""
 
     container_tag: str = Field(min_length=1, max_length=512, description="the docker image to run")
     human_readable_id: str = Field(pattern=HID_PATTERN, description="stable id: letters, digits, ._-")
     description: str = Field(default="", max_length=10_000, description="free text")
     model_available: bool | None = Field(default=None, description="true when a zip_file is sent")
     use_gpu: bool = Field(default=True, description="runs on GPU consumers (default true)")
-    timeout: int | None = Field(default=None, ge=1, le=MAX_TIMEOUT, description="seconds a task may run")
-    mem_limit: Size | None = Field(default=None, description="docker size string, e.g. 8g")
-    shm_size: Size | None = Field(default=None, description="docker size string, e.g. 2g (PyTorch data loaders)")
-    cpus: float | None = Field(default=None, gt=0, le=512, description="CPUs a task may use")
-    network: bool | None = Field(default=None, description="give the container a network (default false)")
-    max_output_size: Size | None = Field(default=None, description="largest output zip, a docker size (default 50g)")
-    user: str | None = Field(default=None, pattern=_USER_PATTERN, description="user[:group] the model runs as")
 
     @field_validator("container_tag")
     @classmethod
     def _tag(cls, value: str) -> str:
         return check_container_tag(value)
 
-    def given_limits(self) -> dict[str, Any]:
-        """The run limits this query sets (the others keep their defaults, or their current values)."""
-        return self.model_dump(include=set(LIMIT_FIELDS), exclude_none=True)
-
     def limits(self) -> ModelLimits:
-        """The run limits of a new model: the given ones, defaults for the rest."""
-        return ModelLimits(**self.given_limits())
+        """Only the run limits."""
+        return ModelLimits(**self.model_dump(include=set(LIMIT_FIELDS)))
+
+
+class ModelUpdate(BaseModel):
+    """The query of changing a model: only the fields given change."""
+
+    container_tag: str | None = Field(default=None, min_length=1, max_length=512)
+    description: str | None = Field(default=None, max_length=10_000)
+    model_available: bool | None = None
+    use_gpu: bool | None = None
+    timeout: int | None = Field(default=None, ge=1, le=MAX_TIMEOUT)
+    mem_limit: Size | None = None
+    shm_size: Size | None = None
+    cpus: float | None = Field(default=None, gt=0, le=512)
+    network: bool | None = None
+    max_output_size: Size | None = None
+    user: str | None = Field(default=None, pattern=_USER_PATTERN)
+
+    @field_validator("container_tag")
+    @classmethod
+    def _tag(cls, value: str | None) -> str | None:
+        return None if value is None else check_container_tag(value)
+
+    def changes(self) -> dict[str, object]:
+        """The model's columns to change (model_available is not a column: the zip decides it)."""
+        return self.model_dump(exclude_none=True, exclude={"model_available"})
 
 
 class TaskQuery(BaseModel):

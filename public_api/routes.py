@@ -16,7 +16,7 @@ from common.openapi import (
     answers,
     zip_form,
 )
-from common.schemas import ModelOut, ModelQuery, TaskOut, TaskQuery
+from common.schemas import ModelIn, ModelOut, TaskOut, TaskQuery
 from common.settings import valid_uid
 from public_api.deps import RelayDep
 from public_api.errors import RelayError
@@ -71,7 +71,7 @@ def _task_path(uid: str, suffix: str = "") -> str:
     openapi_extra=zip_form(required=False),
     summary="Post a model (when enabled)",
 )
-async def post_model(relay: RelayDep, fields: Annotated[ModelQuery, Query()]) -> Response:
+async def post_model(relay: RelayDep, fields: Annotated[ModelIn, Query()]) -> Response:
     """Register a model: only when ALLOW_PUBLIC_POST_MODEL is on, and with an admin key when keys are on."""
     if not relay.settings.allow_public_post_model:
         raise RelayError(403, "posting models through the public API is off (ALLOW_PUBLIC_POST_MODEL)")

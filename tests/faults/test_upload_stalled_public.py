@@ -59,7 +59,14 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
         "MIN_FREE_DISK_BYTES": "1048576",
     }
     private = ProcessServer("private_api", private_env, free_port()).wait_ready(timeout=60)
-    public_env = {**idle, "PRIVATE_API_URL": private.url, "ALLOW_PUBLIC_POST_MODEL": "1"}
+    # Fewer connections for calls than there are stalled uploads: were the uploads to take them, polls would wait.
+    public_env = {
+        **idle,
+        "PRIVATE_API_URL": private.url,
+        "ALLOW_PUBLIC_POST_MODEL": "1",
+        "PRIVATE_API_MAX_CONNECTIONS": str(STALLED // 2),
+        "PRIVATE_API_POOL_TIMEOUT": "2",
+    }
     public = ProcessServer("public_api", public_env, free_port()).wait_ready(timeout=60)
     yield Chain(public=public.url, private=private.url, data=data)
     public.stop()

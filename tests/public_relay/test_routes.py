@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from common.schemas import ModelQuery, package_version
+from common.schemas import ModelIn, package_version
 from public_api.auth import Caller
 from public_api.config import Settings
 from public_api.deps import current_caller
@@ -87,7 +87,7 @@ def test_the_openapi_documents_every_answer(public: httpx.Client):
         "log_tail",
     }
     documented = {p["name"] for p in paths["/api/models/"]["post"]["parameters"]}
-    assert documented == set(ModelQuery.model_fields)
+    assert documented == set(ModelIn.model_fields)
     task_query = {p["name"] for p in paths["/api/tasks/"]["post"]["parameters"]}
     assert task_query == {"human_readable_id", "model_human_readable_id"}
     assert "multipart/form-data" in paths["/api/tasks/"]["post"]["requestBody"]["content"]
