@@ -32,9 +32,9 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 UpstreamDep = Annotated[Upstream, Depends(_upstream)]
 
 
-async def current_caller(request: Request, settings: SettingsDep) -> Caller:
+async def current_caller(request: Request) -> Caller:
     """Who is calling (401 when keys are on and the key is missing or wrong)."""
-    return authenticate(request, settings)
+    return authenticate(request, request.app.state.settings)
 
 
 CallerDep = Annotated[Caller, Depends(current_caller)]
@@ -62,9 +62,10 @@ class Relay:
         )
 
 
-async def _relay(request: Request, upstream: UpstreamDep, settings: SettingsDep, caller: CallerDep) -> Relay:
-    """The relay for this request (authenticated first)."""
-    return Relay(request=request, upstream=upstream, settings=settings, caller=caller)
+async def _relay(request: Request, caller: CallerDep) -> Relay:
+    """The relay for this request (authenticated first), over the app's pooled clients."""
+    state = request.app.state
+    return Relay(request=request, upstream=state.upstream, settings=state.settings, caller=caller)
 
 
 RelayDep = Annotated[Relay, Depends(_relay)]

@@ -35,10 +35,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=package_version(),
         lifespan=lifespan,
         redirect_slashes=False,
+        # The relayed routes first and on the app itself: a poll is matched once, before anything else.
+        routes=list(router.routes),
     )
     app.state.settings = settings
     install_handlers(app)
-    app.include_router(router)
 
     @app.get("/", summary="Which service this is, its version, where its docs are")
     async def root() -> ServiceInfo:
