@@ -12,7 +12,7 @@ from public_api.config import Settings, get_settings
 from public_api.deps import UpstreamDep
 from public_api.errors import install_handlers
 from public_api.private_client import open_upstream, probe
-from public_api.routes import router
+from public_api.routes import add_routes
 
 __all__ = ["create_app"]
 
@@ -35,11 +35,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=package_version(),
         lifespan=lifespan,
         redirect_slashes=False,
-        # The relayed routes first and on the app itself: a poll is matched once, before anything else.
-        routes=list(router.routes),
     )
     app.state.settings = settings
     install_handlers(app)
+    add_routes(app)
 
     @app.get("/", summary="Which service this is, its version, where its docs are")
     async def root() -> ServiceInfo:

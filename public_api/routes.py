@@ -1,11 +1,15 @@
-"""The relay: exactly SPEC's public calls, each with and without a trailing slash, nothing else."""
+"""The relay: exactly SPEC's public calls, each with and without a trailing slash, nothing else.
+
+`add_routes` puts them on the app itself rather than on an included router, so a poll (the most frequent call) is
+matched in one pass over the app's routes.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import FastAPI, Query
 from fastapi.responses import Response
 
 from common.openapi import (
@@ -21,9 +25,7 @@ from common.settings import valid_uid
 from public_api.deps import RelayDep
 from public_api.errors import RelayError
 
-__all__ = ["router"]
-
-router = APIRouter()
+__all__ = ["add_routes"]
 
 Endpoint = Callable[..., Awaitable[Response]]
 # Every relayed call can meet these: API keys, and a private API that is down, slow or broken.
@@ -40,16 +42,11 @@ _DELETED_OK = {
 }
 
 
-def _both(method: str, path: str, *codes: int, **kwargs: Any) -> Callable[[Endpoint], Endpoint]:
+def _both(app: FastAPI, method: str, path: str, endpoint: Endpoint, codes: tuple[int, ...], **kwargs: Any) -> None:
     """Register a route at path and at path + '/', answering the same (no redirect), documenting these answers."""
     responses = answers(*_RELAY_ANSWERS, *codes, ok=kwargs.pop("ok", None))
-
-    def register(endpoint: Endpoint) -> Endpoint:
-        router.add_api_route(path + "/", endpoint, methods=[method], responses=responses, **kwargs)
-        router.add_api_route(path, endpoint, methods=[method], include_in_schema=False, **kwargs)
-        return endpoint
-
-    return register
+    app.add_api_route(path + "/", endpoint, methods=[method], responses=responses, **kwargs)
+    app.add_api_route(path, endpoint, methods=[method], include_in_schema=False, **kwargs)
 
 
 def _task_path(uid: str, suffix: str = "") -> str:
@@ -63,14 +60,6 @@ def _task_path(uid: str, suffix: str = "") -> str:
 # query itself is relayed as the caller sent it.
 
 
-@_both(
-    "POST",
-    "/api/models",
-    *MODEL_POST_ANSWERS,
-    response_model=ModelOut,
-    openapi_extra=zip_form(required=False),
-    summary="Post a model (when enabled)",
-)
 async def post_model(relay: RelayDep, fields: Annotated[ModelIn, Query()]) -> Response:
     """Register a model: only when ALLOW_PUBLIC_POST_MODEL is on, and with an admin key when keys are on."""
     if not relay.settings.allow_public_post_model:
@@ -80,44 +69,84 @@ async def post_model(relay: RelayDep, fields: Annotated[ModelIn, Query()]) -> Re
     return await relay.send("POST", "/api/models/", owned=False, with_body=True)
 
 
-@_both("GET", "/api/models", response_model=list[ModelOut], summary="List models")
 async def list_models(relay: RelayDep) -> Response:
     """The list of models."""
     return await relay.send("GET", "/api/models/", owned=False)
 
 
-@_both(
-    "POST",
-    "/api/tasks",
-    *TASK_POST_ANSWERS,
-    ok=_UID_OK,
-    openapi_extra=zip_form(required=True),
-    summary="Post a task; answers its uid",
-)
 async def post_task(relay: RelayDep, model: Annotated[TaskQuery, Query()]) -> Response:
     """Post an input zip for a model; the answer is the task uid as a JSON string."""
     return await relay.send("POST", "/api/tasks/", owned=True, with_body=True)
 
 
-@_both("GET", "/api/tasks/{uid}", *TASK_POLL_ANSWERS, ok=_ZIP_OK, summary="Poll a task; 200 is its output zip")
 async def get_task(uid: str, relay: RelayDep) -> Response:
     """The output zip (streamed), or 551/552/553/554/550 as SPEC says."""
     return await relay.send("GET", _task_path(uid), owned=True)
 
 
-@_both("DELETE", "/api/tasks/{uid}", *TASK_ANSWERS, ok=_DELETED_OK, summary="Cancel a task and delete its data")
 async def delete_task(uid: str, relay: RelayDep) -> Response:
     """Cancel a task (a running container is stopped) and delete its data."""
     return await relay.send("DELETE", _task_path(uid), owned=True)
 
 
-@_both("GET", "/api/tasks/{uid}/status", *TASK_ANSWERS, response_model=TaskOut, summary="A task's status")
 async def task_status(uid: str, relay: RelayDep) -> Response:
     """Status, model, timestamps, queue position, attempt, exit code, error."""
     return await relay.send("GET", _task_path(uid, "/status"), owned=True)
 
 
-@_both("GET", "/api/tasks/{uid}/logs", *TASK_ANSWERS, ok=_LOGS_OK, summary="A task's container logs")
 async def task_logs(uid: str, relay: RelayDep) -> Response:
     """The model container's stdout/stderr (bounded)."""
     return await relay.send("GET", _task_path(uid, "/logs"), owned=True)
+
+
+def add_routes(app: FastAPI) -> None:
+    """Register the relayed calls on the app."""
+    _both(
+        app,
+        "POST",
+        "/api/models",
+        post_model,
+        MODEL_POST_ANSWERS,
+        response_model=ModelOut,
+        openapi_extra=zip_form(required=False),
+        summary="Post a model (when enabled)",
+    )
+    _both(app, "GET", "/api/models", list_models, (), response_model=list[ModelOut], summary="List models")
+    _both(
+        app,
+        "POST",
+        "/api/tasks",
+        post_task,
+        TASK_POST_ANSWERS,
+        ok=_UID_OK,
+        openapi_extra=zip_form(required=True),
+        summary="Post a task; answers its uid",
+    )
+    _both(
+        app,
+        "GET",
+        "/api/tasks/{uid}",
+        get_task,
+        TASK_POLL_ANSWERS,
+        ok=_ZIP_OK,
+        summary="Poll a task; 200 is its output zip",
+    )
+    _both(
+        app,
+        "DELETE",
+        "/api/tasks/{uid}",
+        delete_task,
+        TASK_ANSWERS,
+        ok=_DELETED_OK,
+        summary="Cancel a task and delete its data",
+    )
+    _both(
+        app,
+        "GET",
+        "/api/tasks/{uid}/status",
+        task_status,
+        TASK_ANSWERS,
+        response_model=TaskOut,
+        summary="A task's status",
+    )
+    _both(app, "GET", "/api/tasks/{uid}/logs", task_logs, TASK_ANSWERS, ok=_LOGS_OK, summary="A task's container logs")
