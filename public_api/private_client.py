@@ -17,7 +17,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
 
 from public_api.config import Settings
-from public_api.errors import RelayError
+from public_api.errors import RelayError, transport_error
 
 __all__ = ["KEEPALIVE_EXPIRY", "Upstream", "open_upstream", "probe", "relay"]
 
@@ -49,7 +49,6 @@ _DROP_RESPONSE = frozenset(
 )
 # An error body up to this size is read and checked to be flat; larger ones (never expected) stream unchanged.
 _MAX_ERROR_BODY = 256 * 1024
-_RETRY_AFTER = "10"
 _CLOSE = {"Connection": "close"}
 # Characters a query string may carry as they are (RFC 3986 query, plus "%" so existing escapes stay as sent).
 _QUERY_SAFE = "!$&'()*+,;=:@/?%-._~"
@@ -192,31 +191,6 @@ class _Upload:
             yield chunk
 
 
-def _translate(exc: httpx.HTTPError, settings: Settings, with_body: bool) -> RelayError:
-    """A transport failure towards the private API as the answer the caller gets."""
-    if isinstance(exc, httpx.PoolTimeout):
-        what = "uploads" if with_body else "open requests"
-        return RelayError(
-            503,
-            f"the public API is at its limit of {what} to the private API; try again shortly",
-            {"Retry-After": _RETRY_AFTER},
-        )
-    if isinstance(exc, httpx.ConnectTimeout):
-        return RelayError(
-            504,
-            f"the private API did not accept a connection within {settings.private_api_connect_timeout:g}s",
-        )
-    if isinstance(exc, httpx.ConnectError):
-        return RelayError(
-            503,
-            "the private API is not reachable (starting or down); try again shortly",
-            {"Retry-After": _RETRY_AFTER},
-        )
-    if isinstance(exc, httpx.TimeoutException):
-        return RelayError(504, f"the private API did not answer within {settings.private_api_timeout:g}s")
-    return RelayError(502, "the private API broke off the request; try again")
-
-
 async def relay(
     request: Request,
     *,
@@ -241,7 +215,7 @@ async def relay(
         answer = await client.send(upstream_request, stream=True)
     except httpx.HTTPError as exc:
         log.warning("%s %s: private API failed: %s: %s", method, path, type(exc).__name__, exc)
-        raise _translate(exc, settings, with_body) from exc
+        raise transport_error(exc, settings, with_body) from exc
     except ClientDisconnect as exc:
         log.info("%s %s: the client went away during the upload", method, path)
         raise RelayError(400, "the upload was interrupted") from exc
