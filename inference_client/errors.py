@@ -12,6 +12,7 @@ __all__ = [
     "ConnectionFailedError",
     "ForbiddenError",
     "InferenceServerError",
+    "InsufficientStorageError",
     "InternalServerError",
     "ModelNotFoundError",
     "NotOfferedError",
@@ -152,6 +153,10 @@ class ServerBusyError(InferenceServerError):
         self.retry_after = retry_after
 
 
+class InsufficientStorageError(ServerBusyError):
+    """507: the server's disk is too full to store the upload; nothing was kept, try again later."""
+
+
 class InternalServerError(InferenceServerError):
     """5xx other than the task codes: the server failed."""
 
@@ -232,9 +237,12 @@ def error_from_response(
     }
     if status_code in simple:
         return simple[status_code](detail, status_code=status_code, body=body)
-    if status_code in (429, 503):
+    if status_code in (429, 503, 507):
         retry_after = _parse_retry_after(headers.get("retry-after"))
-        return ServerBusyError(f"server busy: {detail}", status_code=status_code, body=body, retry_after=retry_after)
+        busy, what = (
+            (InsufficientStorageError, "server disk full") if status_code == 507 else (ServerBusyError, "server busy")
+        )
+        return busy(f"{what}: {detail}", status_code=status_code, body=body, retry_after=retry_after)
     if status_code == 405 or (status_code == 404 and detail == "Not Found"):
         return NotOfferedError(
             f"this server does not offer the call ({detail}); it may exist only on the private API",

@@ -10,15 +10,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from inference_client.errors import BadRequestError
+
 __all__ = [
     "Body",
+    "InputSource",
     "ProgressCallback",
     "bytes_body",
     "fileobj_body",
     "folder_body",
     "folder_size",
+    "input_body",
+    "model_zip_body",
     "zip_file_body",
 ]
+
+InputSource = str | os.PathLike[str] | bytes | BinaryIO
+"""A task input: a folder (zipped on the fly), a zip file's path, zip bytes, or an open binary file."""
 
 ProgressCallback = Callable[[int], None]
 """Called with the number of source bytes just consumed."""
@@ -214,3 +222,35 @@ def fileobj_body(fileobj: BinaryIO, *, field: str = "zip_file", filename: str = 
         yield tail
 
     return Body(content_type=content_type, length=None, total_source_bytes=None, chunks=chunks)
+
+
+def input_body(input: InputSource) -> Body:
+    """The multipart body for a task input, checked locally where it is a path."""
+    if isinstance(input, bytes | bytearray):
+        return bytes_body(bytes(input))
+    if isinstance(input, str | os.PathLike):
+        path = Path(input)
+        if path.is_dir():
+            return folder_body(path)
+        if not path.exists():
+            raise BadRequestError(f"input not found: {path}")
+        if not path.is_file():
+            raise BadRequestError(f"input is neither a folder nor a file: {path}")
+        if not zipfile.is_zipfile(path):
+            raise BadRequestError(f"{path} is not a zip file; give a zip or a folder")
+        return zip_file_body(path)
+    if hasattr(input, "read"):
+        return fileobj_body(input, filename=Path(getattr(input, "name", "input.zip")).name)
+    raise TypeError(f"input must be a folder, a zip path, bytes or a binary file, not {type(input).__name__}")
+
+
+def model_zip_body(model_zip: str | os.PathLike[str]) -> Body:
+    """The multipart body of a model zip (or a folder, zipped on the fly), checked locally first."""
+    path = Path(model_zip)
+    if path.is_dir():
+        return folder_body(path)
+    if not path.is_file():
+        raise BadRequestError(f"model zip not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise BadRequestError(f"{path} is not a zip file")
+    return zip_file_body(path)

@@ -47,6 +47,10 @@ class Settings(ServiceSettings):
     # Seconds a request waits for a free pooled connection before it is answered 503.
     private_api_pool_timeout: float = Field(default=10.0, gt=0)
     private_api_max_connections: int = Field(default=200, ge=1)
+    # Uploads have a pool of their own: slow or stalled uploads can never take a connection a poll needs.
+    private_api_max_uploads: int = Field(default=100, ge=1)
+    # Seconds an upload may send nothing before it is dropped (408); the private API reads the same variable.
+    upload_idle_timeout_seconds: float = Field(default=300.0, gt=0)
 
     @field_validator("private_api_url")
     @classmethod

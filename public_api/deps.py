@@ -1,43 +1,43 @@
-"""Dependencies the routes take: settings, the pooled private API client, the caller."""
+"""Dependencies the routes take: settings, the pooled private API clients, the caller, the relay."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Annotated
 
-import httpx
 from fastapi import Depends, Request
 from fastapi.responses import Response
 
 from public_api.auth import Caller, authenticate
 from public_api.config import Settings
-from public_api.private_client import relay
+from public_api.private_client import Upstream, relay
 
-__all__ = ["CallerDep", "ClientDep", "Relay", "RelayDep", "SettingsDep"]
+__all__ = ["CallerDep", "Relay", "RelayDep", "SettingsDep", "UpstreamDep", "current_caller"]
 
 
+# Async, as every dependency here: a plain `def` would cost a thread hop per request.
 async def _settings(request: Request) -> Settings:
-    """The settings the app was created with (async: a sync dependency would cost a thread hop per request)."""
+    """The settings the app was created with."""
     settings: Settings = request.app.state.settings
     return settings
 
 
-async def _client(request: Request) -> httpx.AsyncClient:
-    """The pooled client made in the lifespan."""
-    client: httpx.AsyncClient = request.app.state.client
-    return client
+async def _upstream(request: Request) -> Upstream:
+    """The pooled clients made in the lifespan."""
+    upstream: Upstream = request.app.state.upstream
+    return upstream
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
-ClientDep = Annotated[httpx.AsyncClient, Depends(_client)]
+UpstreamDep = Annotated[Upstream, Depends(_upstream)]
 
 
-async def _caller(request: Request, settings: SettingsDep) -> Caller:
+async def current_caller(request: Request) -> Caller:
     """Who is calling (401 when keys are on and the key is missing or wrong)."""
-    return authenticate(request, settings)
+    return authenticate(request, request.app.state.settings)
 
 
-CallerDep = Annotated[Caller, Depends(_caller)]
+CallerDep = Annotated[Caller, Depends(current_caller)]
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Relay:
     """One incoming public call, ready to be sent on to the private API."""
 
     request: Request
-    client: httpx.AsyncClient
+    upstream: Upstream
     settings: Settings
     caller: Caller
 
@@ -53,7 +53,7 @@ class Relay:
         """Relay to `path`; `owned` calls carry the caller's owner id: the private API scopes tasks by it."""
         return await relay(
             self.request,
-            client=self.client,
+            upstream=self.upstream,
             settings=self.settings,
             method=method,
             path=path,
@@ -62,9 +62,10 @@ class Relay:
         )
 
 
-async def _relay(request: Request, client: ClientDep, settings: SettingsDep, caller: CallerDep) -> Relay:
-    """The relay for this request (authenticated first)."""
-    return Relay(request=request, client=client, settings=settings, caller=caller)
+async def _relay(request: Request, caller: CallerDep) -> Relay:
+    """The relay for this request (authenticated first), over the app's pooled clients."""
+    state = request.app.state
+    return Relay(request=request, upstream=state.upstream, settings=state.settings, caller=caller)
 
 
 RelayDep = Annotated[Relay, Depends(_relay)]

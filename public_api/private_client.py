@@ -1,10 +1,13 @@
-"""All the public API says to the private API goes through here: one pooled httpx client, streamed both ways."""
+"""All the public API says to the private API goes through here: pooled httpx clients, streamed both ways."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from urllib.parse import quote
 
 import httpx
@@ -14,9 +17,9 @@ from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
 
 from public_api.config import Settings
-from public_api.errors import RelayError
+from public_api.errors import RelayError, transport_error
 
-__all__ = ["KEEPALIVE_EXPIRY", "create_client", "probe", "relay"]
+__all__ = ["KEEPALIVE_EXPIRY", "Upstream", "open_upstream", "probe", "relay"]
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +28,9 @@ log = logging.getLogger(__name__)
 # connection the private API did close is noticed (its socket reads EOF) and replaced before it is used.
 KEEPALIVE_EXPIRY = 60.0
 # Request headers a client may pass on; everything else (X-Internal-Token, X-Owner, cookies...) is dropped.
-_FORWARD_REQUEST = ("content-type", "content-length", "accept", "user-agent", "x-request-id")
+_FORWARD_REQUEST = ("accept", "user-agent", "x-request-id")
+# Passed on only with the body they describe: a GET or DELETE that declares one is relayed without it.
+_FORWARD_BODY = ("content-type", "content-length")
 # Hop-by-hop headers, and those the public API's own server sets again.
 _DROP_RESPONSE = frozenset(
     {
@@ -44,15 +49,37 @@ _DROP_RESPONSE = frozenset(
 )
 # An error body up to this size is read and checked to be flat; larger ones (never expected) stream unchanged.
 _MAX_ERROR_BODY = 256 * 1024
-_RETRY_AFTER = "10"
+_CLOSE = {"Connection": "close"}
 # Characters a query string may carry as they are (RFC 3986 query, plus "%" so existing escapes stay as sent).
 _QUERY_SAFE = "!$&'()*+,;=:@/?%-._~"
 
 
-def create_client(settings: Settings) -> httpx.AsyncClient:
-    """The pooled client used for every relayed call; closed in the app's lifespan."""
+@dataclass(frozen=True)
+class Upstream:
+    """The private API as the relay reaches it: one pool for uploads, one for every other call."""
+
+    calls: httpx.AsyncClient
+    uploads: httpx.AsyncClient
+
+    def pool(self, with_body: bool) -> httpx.AsyncClient:
+        """The pool a call goes through."""
+        return self.uploads if with_body else self.calls
+
+
+@asynccontextmanager
+async def open_upstream(settings: Settings) -> AsyncIterator[Upstream]:
+    """Both pools, open for the app's lifespan."""
     # httpx logs every request at INFO; uvicorn's access log already says what was asked.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    async with (
+        _client(settings, settings.private_api_max_connections) as calls,
+        _client(settings, settings.private_api_max_uploads) as uploads,
+    ):
+        yield Upstream(calls=calls, uploads=uploads)
+
+
+def _client(settings: Settings, max_connections: int) -> httpx.AsyncClient:
+    """A pooled client of at most `max_connections` connections to the private API."""
     timeout = httpx.Timeout(
         connect=settings.private_api_connect_timeout,
         read=settings.private_api_timeout,
@@ -60,8 +87,8 @@ def create_client(settings: Settings) -> httpx.AsyncClient:
         pool=settings.private_api_pool_timeout,
     )
     limits = httpx.Limits(
-        max_connections=settings.private_api_max_connections,
-        max_keepalive_connections=min(50, settings.private_api_max_connections),
+        max_connections=max_connections,
+        max_keepalive_connections=min(50, max_connections),
         keepalive_expiry=KEEPALIVE_EXPIRY,
     )
     return httpx.AsyncClient(
@@ -75,9 +102,10 @@ def create_client(settings: Settings) -> httpx.AsyncClient:
     )
 
 
-def _request_headers(request: Request, owner: str | None) -> dict[str, str]:
+def _request_headers(request: Request, owner: str | None, with_body: bool) -> dict[str, str]:
     """The headers sent on to the private API: a safe subset of the client's, plus the owner."""
-    headers = {name: request.headers[name] for name in _FORWARD_REQUEST if name in request.headers}
+    names = _FORWARD_REQUEST + _FORWARD_BODY if with_body else _FORWARD_REQUEST
+    headers = {name: request.headers[name] for name in names if name in request.headers}
     if request.client is not None:
         headers["X-Forwarded-For"] = request.client.host
     if owner is not None:
@@ -107,13 +135,13 @@ def _flatten(body: object) -> object:
     return body
 
 
-async def _error_response(upstream: httpx.Response) -> Response:
+async def _error_response(upstream: httpx.Response, extra: dict[str, str]) -> Response:
     """A small JSON error from the private API, passed on with its status and a flat body."""
     try:
         raw = await upstream.aread()
     finally:
         await upstream.aclose()
-    headers = _response_headers(upstream)
+    headers = {**_response_headers(upstream), **extra}
     headers.pop("content-length", None)
     headers.pop("content-encoding", None)
     try:
@@ -125,7 +153,7 @@ async def _error_response(upstream: httpx.Response) -> Response:
 
 async def _stream(upstream: httpx.Response) -> AsyncIterator[bytes]:
     """The private API's body as httpx reads it (up to 64 KiB a piece), closing the upstream however it ends."""
-    # Gathering 1 MiB pieces (aiter_raw(1024 * 1024)) cost as much CPU per MiB in the benchmark: not worth the copies.
+    # Passed on in the pieces httpx reads: gathering larger ones only adds copies.
     try:
         async for chunk in upstream.aiter_raw():
             yield chunk
@@ -136,34 +164,37 @@ async def _stream(upstream: httpx.Response) -> AsyncIterator[bytes]:
         await upstream.aclose()
 
 
-def _translate(exc: httpx.HTTPError, settings: Settings) -> RelayError:
-    """A transport failure towards the private API as the answer the caller gets."""
-    if isinstance(exc, httpx.PoolTimeout):
-        return RelayError(
-            503,
-            "the public API is at its limit of open requests to the private API; try again shortly",
-            {"Retry-After": _RETRY_AFTER},
-        )
-    if isinstance(exc, httpx.ConnectTimeout):
-        return RelayError(
-            504,
-            f"the private API did not accept a connection within {settings.private_api_connect_timeout:g}s",
-        )
-    if isinstance(exc, httpx.ConnectError):
-        return RelayError(
-            503,
-            "the private API is not reachable (starting or down); try again shortly",
-            {"Retry-After": _RETRY_AFTER},
-        )
-    if isinstance(exc, httpx.TimeoutException):
-        return RelayError(504, f"the private API did not answer within {settings.private_api_timeout:g}s")
-    return RelayError(502, "the private API broke off the request; try again")
+class UploadIdle(Exception):
+    """The caller sent nothing for UPLOAD_IDLE_TIMEOUT_SECONDS in the middle of an upload."""
+
+
+class _Upload:
+    """The caller's body as it arrives (UploadIdle when it stalls), and whether it arrived whole."""
+
+    def __init__(self, request: Request, idle_seconds: float) -> None:
+        self.request = request
+        self.idle_seconds = idle_seconds
+        self.complete = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body's pieces; a stall ends the upload, so it holds a pooled connection for a bounded time."""
+        chunks = self.request.stream().__aiter__()
+        while True:
+            try:
+                async with asyncio.timeout(self.idle_seconds):
+                    chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                self.complete = True
+                return
+            except TimeoutError as exc:
+                raise UploadIdle from exc
+            yield chunk
 
 
 async def relay(
     request: Request,
     *,
-    client: httpx.AsyncClient,
+    upstream: Upstream,
     settings: Settings,
     method: str,
     path: str,
@@ -171,41 +202,55 @@ async def relay(
     with_body: bool = False,
 ) -> Response:
     """Send one public call on to the private API and stream its answer back, status code unchanged."""
+    client = upstream.pool(with_body)
+    upload = _Upload(request, settings.upload_idle_timeout_seconds) if with_body else None
     upstream_request = client.build_request(
         method,
         _target(path, request.scope.get("query_string", b"")),
-        headers=_request_headers(request, owner),
+        headers=_request_headers(request, owner, with_body),
         # Streamed as it arrives: with the caller's Content-Length as is, without one chunked.
-        content=request.stream() if with_body else None,
+        content=upload.chunks() if upload is not None else None,
     )
     try:
-        upstream = await client.send(upstream_request, stream=True)
+        answer = await client.send(upstream_request, stream=True)
     except httpx.HTTPError as exc:
         log.warning("%s %s: private API failed: %s: %s", method, path, type(exc).__name__, exc)
-        raise _translate(exc, settings) from exc
+        raise transport_error(exc, settings, with_body) from exc
     except ClientDisconnect as exc:
         log.info("%s %s: the client went away during the upload", method, path)
         raise RelayError(400, "the upload was interrupted") from exc
-    if upstream.status_code == 401:
-        await upstream.aclose()
+    except UploadIdle as exc:
+        log.info(
+            "%s %s: the client sent nothing for %gs; upload dropped", method, path, settings.upload_idle_timeout_seconds
+        )
+        raise RelayError(
+            408,
+            f"the upload sent nothing for {settings.upload_idle_timeout_seconds:g}s and was dropped",
+            _CLOSE,
+        ) from exc
+    if answer.status_code == 401:
+        await answer.aclose()
         log.error("the private API refused the internal token: INTERNAL_TOKEN differs between the services")
         raise RelayError(502, "the public API is misconfigured (the private API refused it)")
-    length = int(upstream.headers.get("content-length") or _MAX_ERROR_BODY + 1)
-    is_json = upstream.headers.get("content-type", "").startswith("application/json")
-    if upstream.status_code >= 400 and is_json and length <= _MAX_ERROR_BODY:
-        return await _error_response(upstream)
+    # An answer before the whole upload arrived (413, 507...) closes the caller's connection: the rest of its body
+    # would only be read to be thrown away.
+    extra = _CLOSE if upload is not None and not upload.complete else {}
+    length = int(answer.headers.get("content-length") or _MAX_ERROR_BODY + 1)
+    is_json = answer.headers.get("content-type", "").startswith("application/json")
+    if answer.status_code >= 400 and is_json and length <= _MAX_ERROR_BODY:
+        return await _error_response(answer, extra)
     return StreamingResponse(
-        _stream(upstream),
-        status_code=upstream.status_code,
-        headers=_response_headers(upstream),
-        background=BackgroundTask(upstream.aclose),
+        _stream(answer),
+        status_code=answer.status_code,
+        headers={**_response_headers(answer), **extra},
+        background=BackgroundTask(answer.aclose),
     )
 
 
-async def probe(client: httpx.AsyncClient) -> str:
+async def probe(upstream: Upstream) -> str:
     """'ok' when the private API answers its health check, else a short reason."""
     try:
-        response = await client.get("/healthz", timeout=3.0)
+        response = await upstream.calls.get("/healthz", timeout=3.0)
     except httpx.HTTPError as exc:
         return f"unreachable: {type(exc).__name__}"
     return "ok" if response.status_code == 200 else f"unhealthy: HTTP {response.status_code}"

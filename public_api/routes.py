@@ -1,82 +1,52 @@
-"""The relay: exactly SPEC's public calls, each with and without a trailing slash, nothing else."""
+"""The relay: exactly SPEC's public calls, each with and without a trailing slash, nothing else.
+
+`add_routes` puts them on the app itself rather than on an included router, so a poll (the most frequent call) is
+matched in one pass over the app's routes.
+"""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import FastAPI, Query
 from fastapi.responses import Response
-from starlette.convertors import Convertor
-from starlette.routing import compile_path
 
+from common.openapi import (
+    MODEL_POST_ANSWERS,
+    TASK_ANSWERS,
+    TASK_POLL_ANSWERS,
+    TASK_POST_ANSWERS,
+    answers,
+    zip_form,
+)
+from common.schemas import ModelIn, ModelOut, TaskOut, TaskQuery
 from common.settings import valid_uid
 from public_api.deps import RelayDep
 from public_api.errors import RelayError
 
-__all__ = ["RELAYED", "RelayedRoute", "router"]
-
-router = APIRouter()
+__all__ = ["add_routes"]
 
 Endpoint = Callable[..., Awaitable[Response]]
-# (method, path regex, path parameter convertors, endpoint) of every relayed call, slash variants included: what the
-# fast path (public_api/fast_path.py) serves without FastAPI's routing and dependency resolution.
-RelayedRoute = tuple[str, re.Pattern[str], dict[str, Convertor[Any]], Endpoint]
-RELAYED: list[RelayedRoute] = []
-
-
-def _query(name: str, kind: str, description: str) -> dict[str, Any]:
-    """An OpenAPI query parameter (documented here, checked by the private API)."""
-    return {"name": name, "in": "query", "schema": {"type": kind}, "description": description}
-
-
-def _zip_body(required: bool) -> dict[str, Any]:
-    """An OpenAPI multipart body with one `zip_file` (streamed, so FastAPI must not parse it)."""
-    schema = {
-        "type": "object",
-        "properties": {"zip_file": {"type": "string", "format": "binary"}},
-        **({"required": ["zip_file"]} if required else {}),
-    }
-    return {"required": required, "content": {"multipart/form-data": {"schema": schema}}}
-
-
-_MODEL_DOC = {
-    "parameters": [
-        _query("container_tag", "string", "the docker image to run"),
-        _query("human_readable_id", "string", "unique id: letters, digits, ._-"),
-        _query("description", "string", "free text"),
-        _query("model_available", "boolean", "true when a zip_file is sent"),
-        _query("use_gpu", "boolean", "default true"),
-        _query("timeout", "integer", "seconds a task may run"),
-        _query("mem_limit", "string", "docker size string, e.g. 4g"),
-        _query("shm_size", "string", "docker size string, e.g. 2g"),
-        _query("cpus", "number", "CPUs a task may use"),
-        _query("network", "boolean", "give the container a network (default false)"),
-    ],
-    "requestBody": _zip_body(required=False),
+# Every relayed call can meet these: API keys, and a private API that is down, slow or broken.
+_RELAY_ANSWERS = (401, 502, 503, 504)
+_UID_OK = {
+    "description": "the task uid, as a JSON string",
+    "content": {"application/json": {"schema": {"type": "string"}}},
 }
-_TASK_DOC = {
-    "parameters": [
-        _query("human_readable_id", "string", "the model to run"),
-        _query("model_human_readable_id", "string", "alias of human_readable_id"),
-    ],
-    "requestBody": _zip_body(required=True),
+_ZIP_OK = {"description": "the output zip (streamed)", "content": {"application/zip": {}}}
+_LOGS_OK = {"description": "the model container's stdout and stderr", "content": {"text/plain": {}}}
+_DELETED_OK = {
+    "description": "cancelled and deleted",
+    "content": {"application/json": {"example": {"detail": "deleted"}}},
 }
 
 
-def _both(method: str, path: str, **kwargs: Any) -> Callable[[Endpoint], Endpoint]:
-    """Register a route at path and at path + '/', answering the same (no redirect); its endpoint takes `relay`."""
-
-    def register(endpoint: Endpoint) -> Endpoint:
-        router.add_api_route(path + "/", endpoint, methods=[method], **kwargs)
-        router.add_api_route(path, endpoint, methods=[method], include_in_schema=False, **kwargs)
-        for variant in (path + "/", path):
-            regex, _, convertors = compile_path(variant)
-            RELAYED.append((method, regex, convertors, endpoint))
-        return endpoint
-
-    return register
+def _both(app: FastAPI, method: str, path: str, endpoint: Endpoint, codes: tuple[int, ...], **kwargs: Any) -> None:
+    """Register a route at path and at path + '/', answering the same (no redirect), documenting these answers."""
+    responses = answers(*_RELAY_ANSWERS, *codes, ok=kwargs.pop("ok", None))
+    app.add_api_route(path + "/", endpoint, methods=[method], responses=responses, **kwargs)
+    app.add_api_route(path, endpoint, methods=[method], include_in_schema=False, **kwargs)
 
 
 def _task_path(uid: str, suffix: str = "") -> str:
@@ -86,8 +56,11 @@ def _task_path(uid: str, suffix: str = "") -> str:
     return f"/api/tasks/{uid}{suffix}"
 
 
-@_both("POST", "/api/models", openapi_extra=_MODEL_DOC, summary="Post a model (when enabled)")
-async def post_model(relay: RelayDep) -> Response:
+# The query models below are checked here, so a bad field is answered without a trip to the private API; the
+# query itself is relayed as the caller sent it.
+
+
+async def post_model(relay: RelayDep, fields: Annotated[ModelIn, Query()]) -> Response:
     """Register a model: only when ALLOW_PUBLIC_POST_MODEL is on, and with an admin key when keys are on."""
     if not relay.settings.allow_public_post_model:
         raise RelayError(403, "posting models through the public API is off (ALLOW_PUBLIC_POST_MODEL)")
@@ -96,37 +69,84 @@ async def post_model(relay: RelayDep) -> Response:
     return await relay.send("POST", "/api/models/", owned=False, with_body=True)
 
 
-@_both("GET", "/api/models", summary="List models")
 async def list_models(relay: RelayDep) -> Response:
     """The list of models."""
     return await relay.send("GET", "/api/models/", owned=False)
 
 
-@_both("POST", "/api/tasks", openapi_extra=_TASK_DOC, summary="Post a task; answers its uid")
-async def post_task(relay: RelayDep) -> Response:
+async def post_task(relay: RelayDep, model: Annotated[TaskQuery, Query()]) -> Response:
     """Post an input zip for a model; the answer is the task uid as a JSON string."""
     return await relay.send("POST", "/api/tasks/", owned=True, with_body=True)
 
 
-@_both("GET", "/api/tasks/{uid}", summary="Poll a task; 200 is its output zip")
 async def get_task(uid: str, relay: RelayDep) -> Response:
     """The output zip (streamed), or 551/552/553/554/550 as SPEC says."""
     return await relay.send("GET", _task_path(uid), owned=True)
 
 
-@_both("DELETE", "/api/tasks/{uid}", summary="Cancel a task and delete its data")
 async def delete_task(uid: str, relay: RelayDep) -> Response:
     """Cancel a task (a running container is stopped) and delete its data."""
     return await relay.send("DELETE", _task_path(uid), owned=True)
 
 
-@_both("GET", "/api/tasks/{uid}/status", summary="A task's status")
 async def task_status(uid: str, relay: RelayDep) -> Response:
     """Status, model, timestamps, queue position, attempt, exit code, error."""
     return await relay.send("GET", _task_path(uid, "/status"), owned=True)
 
 
-@_both("GET", "/api/tasks/{uid}/logs", summary="A task's container logs")
 async def task_logs(uid: str, relay: RelayDep) -> Response:
     """The model container's stdout/stderr (bounded)."""
     return await relay.send("GET", _task_path(uid, "/logs"), owned=True)
+
+
+def add_routes(app: FastAPI) -> None:
+    """Register the relayed calls on the app."""
+    _both(
+        app,
+        "POST",
+        "/api/models",
+        post_model,
+        MODEL_POST_ANSWERS,
+        response_model=ModelOut,
+        openapi_extra=zip_form(required=False),
+        summary="Post a model (when enabled)",
+    )
+    _both(app, "GET", "/api/models", list_models, (), response_model=list[ModelOut], summary="List models")
+    _both(
+        app,
+        "POST",
+        "/api/tasks",
+        post_task,
+        TASK_POST_ANSWERS,
+        ok=_UID_OK,
+        openapi_extra=zip_form(required=True),
+        summary="Post a task; answers its uid",
+    )
+    _both(
+        app,
+        "GET",
+        "/api/tasks/{uid}",
+        get_task,
+        TASK_POLL_ANSWERS,
+        ok=_ZIP_OK,
+        summary="Poll a task; 200 is its output zip",
+    )
+    _both(
+        app,
+        "DELETE",
+        "/api/tasks/{uid}",
+        delete_task,
+        TASK_ANSWERS,
+        ok=_DELETED_OK,
+        summary="Cancel a task and delete its data",
+    )
+    _both(
+        app,
+        "GET",
+        "/api/tasks/{uid}/status",
+        task_status,
+        TASK_ANSWERS,
+        response_model=TaskOut,
+        summary="A task's status",
+    )
+    _both(app, "GET", "/api/tasks/{uid}/logs", task_logs, TASK_ANSWERS, ok=_LOGS_OK, summary="A task's container logs")

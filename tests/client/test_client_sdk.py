@@ -17,6 +17,7 @@ from inference_client import (
     ConnectionFailedError,
     ForbiddenError,
     InferenceClient,
+    InsufficientStorageError,
     InternalServerError,
     ModelNotFoundError,
     NotOfferedError,
@@ -193,6 +194,15 @@ def test_busy_server_is_retried_after_retry_after(fake_client: InferenceClient, 
     with pytest.raises(ServerBusyError) as busy:
         fake_client.submit("echo", b"PK\x05\x06" + b"\x00" * 18)
     assert busy.value.retry_after == 0.0
+
+
+def test_disk_full_and_stalled_upload_answers() -> None:
+    full = error_from_response(507, {"detail": "the disk is full"}, "", {"retry-after": "300"})
+    assert isinstance(full, InsufficientStorageError) and isinstance(full, ServerBusyError)
+    assert (full.retry_after, full.exit_code, full.message) == (300.0, 11, "server disk full: the disk is full")
+    idle = error_from_response(408, {"detail": "the upload sent nothing for 300s and was dropped"}, "")
+    assert isinstance(idle, BadRequestError) and idle.exit_code == 7
+    assert "sent nothing" in idle.message
 
 
 def test_public_relay_without_item_routes(fake_client: InferenceClient, fake_server: FakeServer) -> None:

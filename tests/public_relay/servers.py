@@ -153,3 +153,23 @@ class ProcessServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def stalled_upload(base_url: str, path: str, declared: int = 100 * 1024 * 1024, sent: bytes = b"") -> socket.socket:
+    """A raw connection that sends an upload's headers (and `sent`), then nothing: a stalled client."""
+    host, _, port = base_url.removeprefix("http://").partition(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary=stalled\r\n"
+        f"Content-Length: {declared}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + sent)
+    return sock
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    """Everything the server sends on a raw connection until it closes it."""
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received

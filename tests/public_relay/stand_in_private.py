@@ -13,6 +13,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 TOKEN = "stand-in-internal-token-0123456789"
+# Answers the private API gives to an upload before (or instead of) storing it, by model: status, detail, headers.
+EARLY_ANSWERS: dict[str, tuple[int, str, dict[str, str]]] = {
+    "idle": (408, "the upload sent nothing for 300s and was dropped", {}),
+    "nodisk": (507, "the server's disk is too full to store the upload", {"Retry-After": "300"}),
+    "busy": (409, "the task is not in a state that allows this", {}),
+}
 
 
 @dataclass
@@ -103,6 +109,9 @@ def create_stand_in(state: StandIn) -> FastAPI:
         if hid == "tiny" and declared.isdigit() and int(declared) > 1024:
             # Refused by its declared size, before a byte of it is read (as the private API does).
             return _error(413, "upload is larger than the maximum of 1024 bytes")
+        if hid in EARLY_ANSWERS:
+            status, detail, headers = EARLY_ANSWERS[hid]
+            return JSONResponse({"detail": detail}, status_code=status, headers=headers)
         size, sha = await body_digest(request)
         if hid not in state.models:
             return _error(550, f"no model {hid!r}")

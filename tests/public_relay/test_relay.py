@@ -18,7 +18,9 @@ ZIP = {"zip_file": ("input.zip", b"PK\x05\x06" + b"\x00" * 18, "application/zip"
 
 def _post_model(client: httpx.Client, hid: str, **headers: str) -> httpx.Response:
     """Post a model with a small zip."""
-    return client.post("/api/models/", params={"human_readable_id": hid}, files=ZIP, headers=headers)
+    return client.post(
+        "/api/models/", params={"container_tag": "busybox", "human_readable_id": hid}, files=ZIP, headers=headers
+    )
 
 
 def _post_task(client: httpx.Client, hid: str, param: str = "human_readable_id", **headers: str) -> str:
@@ -31,7 +33,12 @@ def _post_task(client: httpx.Client, hid: str, param: str = "human_readable_id",
 @pytest.mark.parametrize("slash", ["", "/"])
 def test_every_public_call_with_and_without_slash(public: httpx.Client, stand_in: tuple[StandIn, str], slash: str):
     state, _ = stand_in
-    assert public.post("/api/models" + slash, params={"human_readable_id": "m1"}, files=ZIP).status_code == 200
+    assert (
+        public.post(
+            "/api/models" + slash, params={"container_tag": "busybox", "human_readable_id": "m1"}, files=ZIP
+        ).status_code
+        == 200
+    )
     assert public.get("/api/models" + slash).json()[0]["human_readable_id"] == "m1"
     res = public.post("/api/tasks" + slash, params={"model_human_readable_id": "m1"}, files=ZIP)
     assert res.status_code == 200
@@ -143,7 +150,7 @@ def test_large_upload_and_download_stream_through(public: httpx.Client, stand_in
             yield block
 
     expected = hashlib.sha256(block * (size // len(block))).hexdigest()
-    public.post("/api/models/", params={"human_readable_id": "big"})
+    public.post("/api/models/", params={"container_tag": "busybox", "human_readable_id": "big"})
     res = public.post(
         "/api/tasks/",
         params={"human_readable_id": "big"},
@@ -204,5 +211,6 @@ def test_docs_and_health(public: httpx.Client):
         "/api/tasks/{uid}/status/",
         "/api/tasks/{uid}/logs/",
         "/healthz",
+        "/",
     }
     assert public.get("/healthz").json() == {"status": "ok", "private_api": "ok"}
