@@ -40,7 +40,8 @@ __all__ = [
     "size_in_bytes",
 ]
 
-HID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+# Letters, digits and ._-, 1 to 128 of them, but not `.` or `..` (they name folders in a path).
+HID_PATTERN = r"^(?:[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}|\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,126}|\.\.[A-Za-z0-9._-]{1,126})$"
 _TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/:@]{0,511}$")
 _SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)([bkmg]?)$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}

@@ -26,7 +26,7 @@ from private_api.deps import (
 )
 from private_api.errors import InvalidRequest, ModelNotFound, NoOutput, QueueFull, TaskFailed, TaskNotFound, TaskPending
 from private_api.routes.uploads import ZIP_FORM, disk_errors, receive_zip
-from private_api.schemas import HID_PATTERN, TaskOut, TaskPage, TaskStatus
+from private_api.schemas import HID_PATTERN, MAX_OFFSET, MAX_PAGE, TaskOut, TaskPage, TaskStatus
 from private_api.storage import Received, Storage, land
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"], dependencies=[InternalAuth])
@@ -104,8 +104,8 @@ def list_tasks(
     owner: OwnerDep,
     status: TaskStatus | None = None,
     model: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> TaskPage:
     """Tasks, newest first, filtered by status and model."""
     tasks, total = crud.list_tasks(session, status=status, model=model, owner=owner, limit=limit, offset=offset)

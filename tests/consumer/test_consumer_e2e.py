@@ -248,9 +248,8 @@ def test_output_past_max_output_size_fails_with_a_clear_reason(
     private_api: PrivateApi, start_worker: StartWorker, model_images, consumer_docker
 ):
     """A model writing more than its max_output_size fails while the zip is written; nothing is stored."""
-    model = private_api.add_model(model_images["big_output"], max_output_size="1m")
-    if model.get("max_output_size") in (None, "50g"):
-        pytest.skip("the private API does not take a per-model max_output_size yet (POST /api/models/ query)")
+    model = private_api.add_model(model_images["big_output"], max_output_size="4m")
+    assert model["max_output_size"] == "4m", model
     uid = private_api.submit(model["human_readable_id"], zip_bytes({"a": b"b"}))
     start_worker()
     status = private_api.wait(uid, {"finished", "failed"}, timeout=120)
