@@ -43,6 +43,7 @@ def test_errors_of_the_relay_are_flat_json(make_public: Callable[..., httpx.Clie
     assert client.get("/api/tasks/", headers=key).status_code == 405
     assert client.put(f"/api/tasks/{UID}", headers=key).status_code == 405
     assert client.head("/api/models/", headers=key).status_code == 405
+    assert client.get("/api/tasks//status", headers=key).status_code in (404, 554)
 
 
 @pytest.fixture
