@@ -67,26 +67,25 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     )
 
 
-def _positive_float(text: str) -> float:
-    """An argparse type: a number > 0."""
+def _positive(text: str, kind: type[int] | type[float], noun: str) -> float:
+    """`text` as a `kind` greater than 0, or the argparse error that says what is wrong."""
     try:
-        value = float(text)
+        value = kind(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
+        raise argparse.ArgumentTypeError(f"not {noun}: {text!r}") from exc
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    """An argparse type: a number > 0."""
+    return _positive(text, float, "a number")
 
 
 def _positive_int(text: str) -> int:
     """An argparse type: a whole number > 0."""
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from exc
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
-    return value
+    return int(_positive(text, int, "a whole number"))
 
 
 def _wait_options(parser: argparse.ArgumentParser) -> None:

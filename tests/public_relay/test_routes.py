@@ -7,9 +7,10 @@ import time
 from collections.abc import Callable, Iterator
 
 import httpx
+import pydantic
 import pytest
 
-from common.schemas import ModelIn, package_version
+from common.schemas import MAX_OFFSET, ModelIn, Paging, package_version
 from public_api.auth import Caller
 from public_api.config import Settings
 from public_api.deps import current_caller
@@ -43,6 +44,7 @@ def test_errors_of_the_relay_are_flat_json(make_public: Callable[..., httpx.Clie
     assert client.get("/api/tasks/", headers=key).status_code == 405
     assert client.put(f"/api/tasks/{UID}", headers=key).status_code == 405
     assert client.head("/api/models/", headers=key).status_code == 405
+    assert client.get("/api/tasks//status", headers=key).status_code in (404, 554)
 
 
 @pytest.fixture
@@ -179,3 +181,13 @@ def test_stalled_uploads_use_a_pool_of_their_own(
     finally:
         for sock in stalled:
             sock.close()
+
+
+@pytest.mark.parametrize(
+    "query", [{"limit": 0}, {"limit": 501}, {"offset": -1}, {"offset": MAX_OFFSET + 1}, {"offset": "1e30"}]
+)
+def test_shared_paging_refuses_absurd_values(query: dict):
+    # The private API's listing takes its paging from here: a value no database takes is a 422, never a 500.
+    with pytest.raises(pydantic.ValidationError):
+        Paging.model_validate(query)
+    assert Paging.model_validate({"limit": 500, "offset": MAX_OFFSET}).offset == MAX_OFFSET
