@@ -6,10 +6,17 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from common.schemas import ServiceInfo, package_version
 from private_api import crud, crud_consumers
 from private_api.deps import PublisherDep, SessionDep, SettingsDep
 
 router = APIRouter(tags=["health"])
+
+
+@router.get("/", response_model=ServiceInfo)
+def root() -> ServiceInfo:
+    """Which service answers, its version and where its documentation is (clients of the original server call it)."""
+    return ServiceInfo(name="InferenceServer private API", version=package_version())
 
 
 @router.get("/healthz")

@@ -8,10 +8,11 @@ from fastapi import APIRouter, Query, Request
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from common.openapi import MODEL_POST_ANSWERS, answers, zip_form
 from private_api import crud, crud_consumers
 from private_api.deps import InternalAuth, SessionDep, SessionsDep, SettingsDep, StorageDep
 from private_api.errors import InvalidRequest, ModelExists
-from private_api.routes.uploads import ZIP_FORM, disk_errors, receive_zip
+from private_api.routes.uploads import disk_errors, receive_zip
 from private_api.schemas import ModelIn, ModelOut, ModelUpdate
 from private_api.storage import Received, Storage, land
 
@@ -53,7 +54,9 @@ def _store_new(
         return crud_consumers.model_out(model, crud_consumers.live_per_queue(session, stale_seconds=stale))
 
 
-@router.post("", response_model=ModelOut, openapi_extra=ZIP_FORM)
+@router.post(
+    "", response_model=ModelOut, openapi_extra=zip_form(required=False), responses=answers(*MODEL_POST_ANSWERS, 401)
+)
 async def create_model(
     request: Request,
     model_in: Annotated[ModelIn, Query()],
@@ -73,13 +76,13 @@ async def create_model(
             zip_in.path.unlink(missing_ok=True)
 
 
-@router.get("", response_model=list[ModelOut])
+@router.get("", response_model=list[ModelOut], responses=answers(401))
 def list_models(session: SessionDep, settings: SettingsDep) -> list[ModelOut]:
     """All registered models."""
     return crud_consumers.models_out(session, crud.list_models(session), stale_seconds=settings.consumer_stale_seconds)
 
 
-@router.get("/{hid}", response_model=ModelOut)
+@router.get("/{hid}", response_model=ModelOut, responses=answers(401, 550))
 def get_model(hid: str, session: SessionDep, settings: SettingsDep) -> ModelOut:
     """One model by its human_readable_id."""
     model = crud.get_model(session, hid=hid)
@@ -129,7 +132,12 @@ def _store_update(
     return out
 
 
-@router.patch("/{hid}", response_model=ModelOut, openapi_extra=ZIP_FORM)
+@router.patch(
+    "/{hid}",
+    response_model=ModelOut,
+    openapi_extra=zip_form(required=False),
+    responses=answers(*MODEL_POST_ANSWERS, 401, 550),
+)
 async def update_model(
     hid: str,
     request: Request,
@@ -152,7 +160,7 @@ async def update_model(
             zip_in.path.unlink(missing_ok=True)
 
 
-@router.delete("/{hid}")
+@router.delete("/{hid}", responses=answers(401, 550))
 def delete_model(hid: str, session: SessionDep, storage: StorageDep) -> dict[str, str]:
     """Delete a model and its zip; its tasks answer 550 from now on."""
     model = crud.get_model(session, hid=hid)

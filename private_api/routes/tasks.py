@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from common.openapi import TASK_ANSWERS, TASK_POLL_ANSWERS, TASK_POST_ANSWERS, answers, zip_form
 from private_api import crud, crud_consumers
 from private_api.deps import (
     EngineDep,
@@ -25,7 +26,7 @@ from private_api.deps import (
     TaskUid,
 )
 from private_api.errors import InvalidRequest, ModelNotFound, NoOutput, QueueFull, TaskFailed, TaskNotFound, TaskPending
-from private_api.routes.uploads import ZIP_FORM, disk_errors, receive_zip
+from private_api.routes.uploads import disk_errors, receive_zip
 from private_api.schemas import HID_PATTERN, MAX_OFFSET, MAX_PAGE, TaskOut, TaskPage, TaskStatus
 from private_api.storage import Received, Storage, land
 
@@ -67,7 +68,7 @@ def _store(
             raise
 
 
-@router.post("", response_model=str, openapi_extra=ZIP_FORM)
+@router.post("", response_model=str, openapi_extra=zip_form(required=True), responses=answers(*TASK_POST_ANSWERS, 401))
 async def create_task(
     request: Request,
     sessions: SessionsDep,
@@ -97,7 +98,7 @@ async def create_task(
     return uid
 
 
-@router.get("", response_model=TaskPage)
+@router.get("", response_model=TaskPage, responses=answers(401, 422))
 def list_tasks(
     session: SessionDep,
     settings: SettingsDep,
@@ -145,14 +146,9 @@ def _poll(engine: Engine, storage: Storage, uid: str, owner: str | None) -> Path
 @router.get(
     "/{uid}",
     response_class=ZipFileResponse,
-    responses={
-        200: {"content": {"application/zip": {}}, "description": "the output zip"},
-        550: {"description": "the task's model no longer exists"},
-        551: {"description": "pending or running"},
-        552: {"description": "failed: reason, exit_code, log_tail"},
-        553: {"description": "finished, but there is no output zip"},
-        554: {"description": "no such task, or deleted"},
-    },
+    responses=answers(
+        *TASK_POLL_ANSWERS, 401, ok={"content": {"application/zip": {}}, "description": "the output zip"}
+    ),
 )
 async def get_task_output(uid: TaskUid, engine: EngineDep, storage: StorageDep, owner: OwnerDep) -> ZipFileResponse:
     """Poll a task; when it is finished, the answer is its output zip (streamed, no database connection held)."""
@@ -160,14 +156,14 @@ async def get_task_output(uid: TaskUid, engine: EngineDep, storage: StorageDep, 
     return ZipFileResponse(output, media_type="application/zip", filename=f"{uid}.zip")
 
 
-@router.get("/{uid}/status", response_model=TaskOut)
+@router.get("/{uid}/status", response_model=TaskOut, responses=answers(*TASK_ANSWERS, 401))
 def get_task_status(uid: TaskUid, session: SessionDep, settings: SettingsDep, owner: OwnerDep) -> TaskOut:
     """A task's status, timestamps, queue position, attempt, exit code and error."""
     task = crud.get_task(session, uid=uid, owner=owner)
     return crud_consumers.task_status(session, task, stale_seconds=settings.consumer_stale_seconds)
 
 
-@router.get("/{uid}/logs", response_class=PlainTextResponse)
+@router.get("/{uid}/logs", response_class=PlainTextResponse, responses=answers(*TASK_ANSWERS, 401))
 def get_task_logs(uid: TaskUid, session: SessionDep, storage: StorageDep, owner: OwnerDep) -> PlainTextResponse:
     """What the model container wrote to stdout and stderr (the last MAX_LOG_BYTES of it)."""
     crud.get_task(session, uid=uid, owner=owner)
@@ -176,7 +172,7 @@ def get_task_logs(uid: TaskUid, session: SessionDep, storage: StorageDep, owner:
     return PlainTextResponse(text)
 
 
-@router.delete("/{uid}")
+@router.delete("/{uid}", responses=answers(*TASK_ANSWERS, 401))
 def delete_task(uid: TaskUid, session: SessionDep, storage: StorageDep, owner: OwnerDep) -> dict[str, str]:
     """Cancel a task (a running container is stopped) and delete its data."""
     task = crud.get_task(session, uid=uid, owner=owner)

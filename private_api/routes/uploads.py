@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from fastapi import Request
 from sqlalchemy.exc import OperationalError
@@ -16,19 +15,6 @@ from private_api.config import Settings
 from private_api.errors import BadUpload, DiskFull
 from private_api.receiving import Received, disk_full, receive_multipart_file
 from private_api.storage import Storage
-
-ZIP_FORM: dict[str, Any] = {
-    "requestBody": {
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"zip_file": {"type": "string", "format": "binary"}},
-                }
-            }
-        }
-    }
-}
 
 # How SQLite and PostgreSQL say that the disk under the database is full.
 _DB_FULL = ("database or disk is full", "no space left on device", "could not extend file")
