@@ -68,6 +68,14 @@ def _store(
             raise
 
 
+def _new_uid() -> str:
+    """A fresh task uid (32 URL-safe characters), never starting with `-` (a command line takes that for an option)."""
+    while True:
+        uid = secrets.token_urlsafe(24)
+        if uid[0].isalnum():
+            return uid
+
+
 @router.post("", response_model=str, openapi_extra=zip_form(required=True), responses=answers(*TASK_POST_ANSWERS, 401))
 async def create_task(
     request: Request,
@@ -89,7 +97,7 @@ async def create_task(
     zip_in = await receive_zip(request, storage=storage, settings=settings)
     if zip_in is None:
         raise InvalidRequest("send the input zip as the multipart file field zip_file")
-    uid = secrets.token_urlsafe(24)
+    uid = _new_uid()
     try:
         await run_in_threadpool(_store, sessions, storage, uid, hid, owner, zip_in)
     finally:

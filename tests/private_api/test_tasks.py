@@ -6,7 +6,9 @@ import re
 
 from fastapi.testclient import TestClient
 
+from common.settings import valid_uid
 from private_api.config import Settings
+from private_api.routes.tasks import _new_uid
 from tests.private_api.helpers import add_model, make_zip, submit
 
 
@@ -133,3 +135,10 @@ def test_full_queue_answers_503_with_retry_after(settings: Settings) -> None:
         assert api.get("/api/tasks").json()["total"] == 2
         api.delete(f"/api/tasks/{first}")
         submit(api, "m")
+
+
+def test_uids_never_start_with_a_dash() -> None:
+    """`inference-server tasks get <uid>` must not take a uid for an option (1 in 64 would start with `-`)."""
+    uids = [_new_uid() for _ in range(3000)]
+    assert all(uid[0].isalnum() and valid_uid(uid) for uid in uids)
+    assert len(set(uids)) == len(uids)
