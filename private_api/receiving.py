@@ -75,9 +75,9 @@ class _Sink:
 
     def _write(self, pieces: list[bytes]) -> None:
         self.storage.require_room()
-        data = b"".join(pieces)
-        self.hash.update(data)
-        self.file.write(data)
+        for piece in pieces:  # piece by piece, not joined: a fresh large buffer per write costs more than the write
+            self.hash.update(piece)
+            self.file.write(piece)
 
     def _close(self) -> None:
         self.file.flush()
