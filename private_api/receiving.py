@@ -1,8 +1,9 @@
 """Receiving an upload: the body streams into a temp file, hashed and counted on the way; a failure leaves nothing.
 
-Multipart bodies go through python-multipart's streaming parser. The file is written in large pieces by a worker
-thread, one piece in flight per upload, so memory stays bounded whatever the size. A client that sends nothing for
-UPLOAD_IDLE_TIMEOUT_SECONDS is dropped (408); a disk below MIN_FREE_DISK_BYTES or a full disk answers 507.
+The event loop only collects the body's chunks; a worker thread parses them (python-multipart's streaming parser, for a
+multipart body), hashes and writes the file, one batch in flight per upload, so memory stays bounded whatever the size.
+A client that sends nothing for UPLOAD_IDLE_TIMEOUT_SECONDS is dropped (408); a disk below MIN_FREE_DISK_BYTES or a
+full disk answers 507.
 """
 
 from __future__ import annotations
