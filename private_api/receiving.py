@@ -50,11 +50,9 @@ def disk_full(exc: BaseException) -> DiskFull | None:
 
 
 class _Sink:
-    """A temp file written by a worker thread in large batches of received chunks, hashed and counted as it goes.
+    """A temp file fed in batches of the body's chunks, which a worker thread parses (through feed), hashes and writes.
 
-    The event loop only collects the body's chunks; the worker thread parses them (through feed, for a multipart body),
-    hashes and writes the file's bytes. One batch is written while the next is received (at most one write in flight,
-    so memory stays bounded).
+    One batch is written while the next is received (at most one write in flight, so memory stays bounded).
     """
 
     def __init__(self, path: Path, max_bytes: int, storage: Storage, feed: _Feed | None) -> None:
