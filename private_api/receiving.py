@@ -1,8 +1,9 @@
 """Receiving an upload: the body streams into a temp file, hashed and counted on the way; a failure leaves nothing.
 
-Multipart bodies go through python-multipart's streaming parser. The file is written in large pieces by a worker
-thread, one piece in flight per upload, so memory stays bounded whatever the size. A client that sends nothing for
-UPLOAD_IDLE_TIMEOUT_SECONDS is dropped (408); a disk below MIN_FREE_DISK_BYTES or a full disk answers 507.
+The event loop only collects the body's chunks; a worker thread parses them (python-multipart's streaming parser, for a
+multipart body), hashes and writes the file, one batch in flight per upload, so memory stays bounded whatever the size.
+A client that sends nothing for UPLOAD_IDLE_TIMEOUT_SECONDS is dropped (408); a disk below MIN_FREE_DISK_BYTES or a
+full disk answers 507.
 """
 
 from __future__ import annotations
@@ -49,35 +50,44 @@ def disk_full(exc: BaseException) -> DiskFull | None:
 
 
 class _Sink:
-    """A temp file written in large pieces by a worker thread, hashed and counted as it goes.
+    """A temp file fed in batches of the body's chunks, which a worker thread parses (through feed), hashes and writes.
 
-    One piece is written while the next is received (at most one write in flight, so memory stays bounded).
+    One batch is written while the next is received (at most one write in flight, so memory stays bounded).
     """
 
-    def __init__(self, path: Path, max_bytes: int, storage: Storage) -> None:
+    def __init__(self, path: Path, max_bytes: int, storage: Storage, feed: _Feed | None) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.storage = storage
+        self.feed = feed
         self.size = 0
         self.hash = hashlib.sha256()
-        self.pieces: list[bytes] = []  # received, not yet written (joined in the writer thread, not the event loop)
+        self.chunks: list[bytes] = []  # received, not yet handed to the worker thread
         self.pending = 0
         self.file = open(path, "wb")  # noqa: SIM115 - closed in finish() or abort()
         self.writing: asyncio.Future[None] | None = None
 
-    def add(self, data: bytes) -> None:
-        """Take a piece of the file (UploadTooLarge past the maximum)."""
+    async def take(self, chunk: bytes) -> None:
+        """Collect a chunk of the body; hand the collected chunks to the worker thread once they are large."""
+        self.chunks.append(chunk)
+        self.pending += len(chunk)
+        await self.flush()
+
+    def add(self, data: bytes | memoryview) -> None:
+        """Hash and write a piece of the file, in the worker thread (UploadTooLarge past the maximum)."""
         self.size += len(data)
         if self.size > self.max_bytes:
             raise UploadTooLarge(f"upload is larger than the maximum of {self.max_bytes} bytes")
-        self.pieces.append(data)
-        self.pending += len(data)
-
-    def _write(self, pieces: list[bytes]) -> None:
-        self.storage.require_room()
-        data = b"".join(pieces)
         self.hash.update(data)
         self.file.write(data)
+
+    def _write(self, chunks: list[bytes]) -> None:
+        self.storage.require_room()
+        for chunk in chunks:
+            if self.feed is None:
+                self.add(chunk)
+            else:
+                self.feed.write(chunk, self)
 
     def _close(self) -> None:
         self.file.flush()
@@ -91,11 +101,11 @@ class _Sink:
             await writing
 
     async def flush(self, *, force: bool = False) -> None:
-        """Start writing the received pieces once they are large (or whatever is left, when forced)."""
-        if self.pieces and (force or self.pending >= _FLUSH_BYTES):
-            pieces, self.pieces, self.pending = self.pieces, [], 0
+        """Start writing the collected chunks once they are large (or whatever is left, when forced)."""
+        if self.chunks and (force or self.pending >= _FLUSH_BYTES):
+            chunks, self.chunks, self.pending = self.chunks, [], 0
             await self._written()
-            self.writing = asyncio.ensure_future(_on_disk(self._write, pieces))
+            self.writing = asyncio.ensure_future(_on_disk(self._write, chunks))
         if force:
             await self._written()
 
@@ -179,7 +189,7 @@ async def _receive(request: Request, temp: Path, max_bytes: int, feed: _Feed | N
         await _drain(request)
         raise
     try:
-        sink = _Sink(temp, max_bytes, storage)
+        sink = _Sink(temp, max_bytes, storage, feed)
     except OSError as exc:
         full = disk_full(exc)
         if full is None:
@@ -187,11 +197,8 @@ async def _receive(request: Request, temp: Path, max_bytes: int, feed: _Feed | N
         raise full from exc
     try:
         async for chunk in _chunks(request, idle):
-            if feed is None:
-                sink.add(chunk)
-            else:
-                feed.write(chunk, sink)
-            await sink.flush()
+            await sink.take(chunk)
+        await sink.flush(force=True)
         if feed is not None and not feed.finish():
             sink.abort()
             return None
@@ -261,7 +268,7 @@ class _Feed:
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self.in_file and self.sink is not None:
-            self.sink.add(data if start == 0 and end == len(data) else data[start:end])
+            self.sink.add(memoryview(data)[start:end])
 
     def _part_end(self) -> None:
         self.done = self.done or self.in_file
@@ -272,7 +279,7 @@ class _Feed:
         self.sink = sink
         try:
             self.parser.write(chunk)
-        except ApiError:
+        except (ApiError, OSError):  # too large, or the disk's: not the body's fault
             raise
         except Exception as exc:
             raise BadUpload(f"malformed multipart body: {exc}") from exc

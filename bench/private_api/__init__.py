@@ -8,7 +8,8 @@ Each figure is compared with a baseline measured in the same run, on the same di
 - the API process's peak VmRSS growth during each transfer (sampled every 5 ms from /proc);
 - polls per second of one pending task (answer 551) with 100,000 tasks in the database: against a bare FastAPI app
   served by uvicorn the same way (one worker, same log level) whose one route gives the same answer.
-Transfers run unpinned (the API may use every CPU, as in production; the Python client competes with it). While
+Transfers run unpinned (the API may use every CPU, as in production); the upload client sends the multipart body
+over a plain socket, the file part with sendfile(2), so that it takes little of the CPU the server needs. While
 polling, with two or more CPUs, both servers are pinned to the first CPU and the load generator to the others, so
 that the load generator never eats a server's CPU. Prints a markdown table and writes bench/results/private_api.json.
 """
