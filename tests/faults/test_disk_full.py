@@ -59,6 +59,18 @@ def _nothing_partial(data_dir: Path) -> None:
     assert list((data_dir / "inputs").iterdir()) == []
 
 
+def _settings(data_dir: Path, rabbitmq_url: str, *, min_free_disk_bytes: int) -> Settings:
+    """A private API storing its data on the small disk."""
+    return Settings(
+        internal_token=TOKEN,
+        data_dir=data_dir,
+        rabbitmq_url=rabbitmq_url,
+        outbox_interval_seconds=0.2,
+        max_upload_bytes=64 * MIB,
+        min_free_disk_bytes=min_free_disk_bytes,
+    )
+
+
 def _full_answer(response: httpx.Response) -> None:
     assert response.status_code == 507, response.text
     assert "disk" in response.json()["detail"]
@@ -69,14 +81,7 @@ def test_full_disk_answers_507_keeps_nothing_and_recovers(
     small_disk: Path, rabbitmq_url: str, purge_queues: None
 ) -> None:
     data_dir = small_disk / "data"
-    settings = Settings(
-        internal_token=TOKEN,
-        data_dir=data_dir,
-        rabbitmq_url=rabbitmq_url,
-        outbox_interval_seconds=0.2,
-        max_upload_bytes=64 * MIB,
-        min_free_disk_bytes=4 * MIB,
-    )
+    settings = _settings(data_dir, rabbitmq_url, min_free_disk_bytes=4 * MIB)
     with LiveServer(settings) as server, httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as client:
         client.post("/api/models", params={"container_tag": "busybox", "human_readable_id": "m", "use_gpu": False})
         files = {"zip_file": ("a.zip", make_zip())}
@@ -105,14 +110,7 @@ def test_enospc_mid_upload_answers_507_and_keeps_nothing(
     small_disk: Path, rabbitmq_url: str, purge_queues: None
 ) -> None:
     data_dir = small_disk / "data"
-    settings = Settings(
-        internal_token=TOKEN,
-        data_dir=data_dir,
-        rabbitmq_url=rabbitmq_url,
-        outbox_interval_seconds=0.2,
-        max_upload_bytes=64 * MIB,
-        min_free_disk_bytes=0,  # no margin: the file system itself says ENOSPC
-    )
+    settings = _settings(data_dir, rabbitmq_url, min_free_disk_bytes=0)  # no margin: the file system says ENOSPC
     with LiveServer(settings) as server, httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as client:
         client.post("/api/models", params={"container_tag": "busybox", "human_readable_id": "m", "use_gpu": False})
         _full_answer(_upload_streamed(client, 2 * DISK_MIB * MIB))
