@@ -7,7 +7,7 @@ works for its statistics; a NIfTI mask is built in memory (one byte a voxel) bef
 
 Settings, in this order: environment variables, /model/config.json, defaults.
   THRESHOLD   voxel value for the mask (default 300, bone in Hounsfield units)
-  SLAB        slices per slab along the first axis (default 16)
+  SLAB        slices per slab along the first axis, a NIfTI file's last (default 16)
   INPUT_DIR, OUTPUT_DIR, MODEL_DIR   default /input, /output, /model (change them to run outside a container)
 
 Exit codes: 0 all volumes done; 2 no volume (.nii, .nii.gz, .npy) in the input; 3 some volumes could not be read
