@@ -28,6 +28,13 @@ def ct_volume(shape: tuple[int, int, int] = (40, 32, 36)) -> np.ndarray:
     return volume
 
 
+def load_nifti(path: Path) -> nib.Nifti1Image:
+    """A NIfTI file the examples wrote."""
+    image = nib.load(path)
+    assert isinstance(image, nib.Nifti1Image), type(image)
+    return image
+
+
 def run_script(script: Path, tmp: Path, **env: str) -> subprocess.CompletedProcess[str]:
     """Run an example entrypoint with INPUT_DIR/OUTPUT_DIR/MODEL_DIR under tmp."""
     environment = {
@@ -85,7 +92,7 @@ def test_volume_stats_reads_nifti_in_its_own_axis_order(tmp_path: Path) -> None:
     assert stats["mean"] == pytest.approx(float(ct.mean()))
     assert stats["mask"]["bounding_box"] == {"min": [15, 10, 12], "max": [24, 19, 21]}
     assert stats["mask"]["file"] == "masks/scans/ct_mask.nii.gz"
-    mask = nib.load(tmp_path / "output" / stats["mask"]["file"])
+    mask = load_nifti(tmp_path / "output" / stats["mask"]["file"])
     assert np.allclose(mask.affine, affine) and mask.get_data_dtype() == np.uint8
     assert np.array_equal(np.asarray(mask.dataobj), (ct >= 300).astype(np.uint8))
     scaled_stats = report["volumes"]["scaled.nii"]
@@ -168,7 +175,7 @@ def test_segmenter_reads_nifti_with_data_loader_workers(tmp_path: Path, segmente
     done = run_script(SEGMENTER / "infer.py", tmp_path, SLAB="6", WORKERS="2")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 workers" in done.stdout
-    labels = nib.load(tmp_path / "output" / "ct_seg.nii.gz")
+    labels = load_nifti(tmp_path / "output" / "ct_seg.nii.gz")
     assert np.allclose(labels.affine, affine) and labels.get_data_dtype() == np.uint8
     assert np.array_equal(np.asarray(labels.dataobj), np.load(tmp_path / "output" / "same_seg.npy"))
 

@@ -157,7 +157,9 @@ def _load(archive: zipfile.ZipFile, name: str) -> np.ndarray:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(name).name
         path.write_bytes(data)
-        return np.asarray(nib.load(path).dataobj)  # type: ignore[attr-defined]
+        image = nib.load(path)
+        assert isinstance(image, nib.Nifti1Image), type(image)
+        return np.asarray(image.dataobj)
 
 
 def run_examples(https: httpx.Client, images: dict[str, str]) -> None:
