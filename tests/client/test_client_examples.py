@@ -193,3 +193,21 @@ def test_segmenter_refuses_missing_or_wrong_weights(tmp_path: Path, segmenter_mo
     done = run_script(SEGMENTER / "infer.py", tmp_path, DEVICE="cuda")
     assert done.returncode == 4
     assert run_script(SEGMENTER / "infer.py", tmp_path, WORKERS="-1").returncode == 4
+
+
+@pytest.mark.parametrize("example", ["cpu-volume-stats", "gpu-torch-segmenter"])
+def test_example_images_install_the_tested_versions(example: str) -> None:
+    """Each example's requirements.txt pins exactly what constraints.txt pins (what these tests ran with)."""
+    pins = {}
+    for line in (EXAMPLES.parent / "constraints.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, _, version = line.strip().partition("==")
+            pins[name.lower().replace("_", "-")] = version
+    wanted = [
+        line.strip() for line in (EXAMPLES / example / "requirements.txt").read_text().splitlines() if "==" in line
+    ]
+    assert wanted, f"{example}/requirements.txt pins nothing"
+    for line in wanted:
+        name, _, version = line.partition("==")
+        assert pins.get(name.lower().replace("_", "-")) == version, f"{example}: {line} but constraints.txt differs"
+    assert "-r /app/requirements.txt" in (EXAMPLES / example / "Dockerfile").read_text()
