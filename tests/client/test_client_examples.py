@@ -1,4 +1,4 @@
-"""The example models' entrypoints run on generated data (no image build: no base image can be pulled here)."""
+"""The example models' entrypoints run on generated data, outside docker (tests/e2e builds and runs their images)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -25,6 +26,13 @@ def ct_volume(shape: tuple[int, int, int] = (40, 32, 36)) -> np.ndarray:
     body[...] = rng.normal(40, 15, size=body.shape).astype(np.int16)
     volume[15:25, 10:20, 12:22] = 900
     return volume
+
+
+def load_nifti(path: Path) -> nib.Nifti1Image:
+    """A NIfTI file the examples wrote."""
+    image = nib.load(path)
+    assert isinstance(image, nib.Nifti1Image), type(image)
+    return image
 
 
 def run_script(script: Path, tmp: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -67,6 +75,31 @@ def test_volume_stats_on_generated_volumes(tmp_path: Path) -> None:
     assert (tmp_path / "output" / "masks" / "patient2" / "dose_mask.npy").is_file()
 
 
+def test_volume_stats_reads_nifti_in_its_own_axis_order(tmp_path: Path) -> None:
+    (tmp_path / "input" / "scans").mkdir(parents=True)
+    ct = ct_volume()
+    affine = np.diag([0.7, 0.7, 2.5, 1.0])
+    nib.save(nib.Nifti1Image(ct, affine), tmp_path / "input" / "scans" / "ct.nii.gz")
+    # Scaled storage: the statistics are of the scaled values, as every NIfTI reader shows them.
+    scaled = nib.Nifti1Image(ct, affine)
+    scaled.header.set_slope_inter(2.0, 10.0)
+    nib.save(scaled, tmp_path / "input" / "scaled.nii")
+    done = run_script(STATS, tmp_path, SLAB="5")
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((tmp_path / "output" / "stats.json").read_text())
+    stats = report["volumes"]["scans/ct.nii.gz"]
+    assert (stats["format"], stats["shape"]) == ("nifti", [40, 32, 36])
+    assert stats["mean"] == pytest.approx(float(ct.mean()))
+    assert stats["mask"]["bounding_box"] == {"min": [15, 10, 12], "max": [24, 19, 21]}
+    assert stats["mask"]["file"] == "masks/scans/ct_mask.nii.gz"
+    mask = load_nifti(tmp_path / "output" / stats["mask"]["file"])
+    assert np.allclose(mask.affine, affine) and mask.get_data_dtype() == np.uint8
+    assert np.array_equal(np.asarray(mask.dataobj), (ct >= 300).astype(np.uint8))
+    scaled_stats = report["volumes"]["scaled.nii"]
+    assert scaled_stats["min"] == pytest.approx(-1990) and scaled_stats["max"] == pytest.approx(1810)
+    assert scaled_stats["mask"]["voxels_above_threshold"] == int((ct * 2 + 10 >= 300).sum())
+
+
 def test_volume_stats_threshold_from_model_config(tmp_path: Path) -> None:
     (tmp_path / "input").mkdir()
     (tmp_path / "model").mkdir()
@@ -81,15 +114,16 @@ def test_volume_stats_threshold_from_model_config(tmp_path: Path) -> None:
 def test_volume_stats_failures(tmp_path: Path) -> None:
     (tmp_path / "input").mkdir()
     done = run_script(STATS, tmp_path)
-    assert done.returncode == 2 and "no .npy volumes" in done.stdout
+    assert done.returncode == 2 and "no volumes (.nii, .nii.gz, .npy)" in done.stdout
     np.save(tmp_path / "input" / "good.npy", ct_volume((4, 5, 6)))
     (tmp_path / "input" / "broken.npy").write_bytes(b"\x93NUMPY garbage")
+    (tmp_path / "input" / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
     np.save(tmp_path / "input" / "line.npy", np.arange(10))
     done = run_script(STATS, tmp_path)
     assert done.returncode == 3
     report = json.loads((tmp_path / "output" / "stats.json").read_text())
     assert set(report["volumes"]) == {"good.npy"}
-    assert set(report["errors"]) == {"broken.npy", "line.npy"}
+    assert set(report["errors"]) == {"broken.npy", "broken.nii.gz", "line.npy"}
     assert "2 or more dimensions" in report["errors"]["line.npy"]
     assert run_script(STATS, tmp_path, SLAB="0").returncode == 4
 
@@ -132,6 +166,20 @@ def test_segmenter_runs_on_cpu_with_weights_from_model(tmp_path: Path, segmenter
     assert np.array_equal(labels, np.load(tmp_path / "whole" / "scans" / "ct_seg.npy"))
 
 
+def test_segmenter_reads_nifti_with_data_loader_workers(tmp_path: Path, segmenter_model: Path) -> None:
+    (tmp_path / "input").mkdir()
+    ct = ct_volume()
+    affine = np.diag([0.7, 0.7, 2.5, 1.0])
+    nib.save(nib.Nifti1Image(ct, affine), tmp_path / "input" / "ct.nii.gz")
+    np.save(tmp_path / "input" / "same.npy", ct)
+    done = run_script(SEGMENTER / "infer.py", tmp_path, SLAB="6", WORKERS="2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 workers" in done.stdout
+    labels = load_nifti(tmp_path / "output" / "ct_seg.nii.gz")
+    assert np.allclose(labels.affine, affine) and labels.get_data_dtype() == np.uint8
+    assert np.array_equal(np.asarray(labels.dataobj), np.load(tmp_path / "output" / "same_seg.npy"))
+
+
 def test_segmenter_refuses_missing_or_wrong_weights(tmp_path: Path, segmenter_model: Path) -> None:
     (tmp_path / "input").mkdir()
     np.save(tmp_path / "input" / "ct.npy", ct_volume((6, 8, 8)))
@@ -144,3 +192,22 @@ def test_segmenter_refuses_missing_or_wrong_weights(tmp_path: Path, segmenter_mo
     assert done.returncode == 4 and "weights.pt is missing" in done.stdout
     done = run_script(SEGMENTER / "infer.py", tmp_path, DEVICE="cuda")
     assert done.returncode == 4
+    assert run_script(SEGMENTER / "infer.py", tmp_path, WORKERS="-1").returncode == 4
+
+
+@pytest.mark.parametrize("example", ["cpu-volume-stats", "gpu-torch-segmenter"])
+def test_example_images_install_the_tested_versions(example: str) -> None:
+    """Each example's requirements.txt pins exactly what constraints.txt pins (what these tests ran with)."""
+    pins = {}
+    for line in (EXAMPLES.parent / "constraints.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, _, version = line.strip().partition("==")
+            pins[name.lower().replace("_", "-")] = version
+    wanted = [
+        line.strip() for line in (EXAMPLES / example / "requirements.txt").read_text().splitlines() if "==" in line
+    ]
+    assert wanted, f"{example}/requirements.txt pins nothing"
+    for line in wanted:
+        name, _, version = line.partition("==")
+        assert pins.get(name.lower().replace("_", "-")) == version, f"{example}: {line} but constraints.txt differs"
+    assert "-r /app/requirements.txt" in (EXAMPLES / example / "Dockerfile").read_text()

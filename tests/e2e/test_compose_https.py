@@ -18,6 +18,7 @@ import docker
 import httpx
 import pytest
 
+from .examples import build_example_images, run_examples
 from .stack import ROOT, Stack, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.timeout(1800)]
@@ -215,3 +216,23 @@ def _run_scenario(stack: Stack, https: httpx.Client, model_image: str) -> None:
         https.post("/api/tasks/", params={"human_readable_id": hid}, files={"zip_file": ("i.zip", input_zip)}).content
     )
     assert _poll(https, after).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def example_images() -> dict[str, str]:
+    """Both example models of examples/ built as images (kept, so the next run's builds are cached)."""
+    began = time.monotonic()
+    images = build_example_images()
+    print(f"example images built in {time.monotonic() - began:.1f} s")
+    return images
+
+
+def test_example_models_over_https(stack: Stack, https: httpx.Client, example_images: dict[str, str]):
+    """The examples on NIfTI and NumPy volumes, as a user runs them; a too small shm_size fails saying so."""
+    _wait_routed(https)
+    began = time.monotonic()
+    try:
+        run_examples(https, example_images)
+    except Exception as exc:
+        raise AssertionError(f"{exc}\n--- compose logs ---\n{stack.logs()}") from exc
+    print(f"example tasks done in {time.monotonic() - began:.1f} s")
