@@ -8,10 +8,10 @@ from sqlalchemy import Connection, bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from common.schemas import FINAL_STATES, ModelLimits, TaskOut
 from private_api.errors import ModelExists, ModelNotFound, TaskNotFound
 from private_api.leases import history_of
 from private_api.orm import Model, Task, utcnow
-from private_api.schemas import FINAL_STATES, ModelLimits, TaskOut
 
 # --- models -----------------------------------------------------------------------------------------------------
 

@@ -10,9 +10,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from common.messages import CPU_QUEUE, GPU_QUEUE, queue_for
+from common.schemas import ModelOut, TaskOut
 from private_api import crud
 from private_api.orm import Consumer, Model, Task, utcnow
-from private_api.schemas import ConsumerHeartbeatIn, ConsumerOut, ModelOut, TaskOut
+from private_api.schemas import ConsumerHeartbeatIn, ConsumerOut
 
 QUEUES = (GPU_QUEUE, CPU_QUEUE)
 _KIND = {GPU_QUEUE: "GPU", CPU_QUEUE: "CPU"}

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import or_
 from sqlalchemy.orm import Session
 
+from common.schemas import FINAL_STATES
 from private_api.errors import Conflict
 from private_api.leases import (
     InfraPolicy,
@@ -24,7 +25,6 @@ from private_api.leases import (
     with_entry,
 )
 from private_api.orm import Model, Task, utcnow
-from private_api.schemas import FINAL_STATES
 
 
 def claim_task(

@@ -1,5 +1,4 @@
-"""Request and response shapes: the public ones come from common/schemas.py (one place for both APIs); the consumer
-calls' are here."""
+"""Shapes of the consumer calls; the public calls' shapes are in common/schemas.py (one place for both APIs)."""
 
 from __future__ import annotations
 
@@ -8,59 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
-from common.schemas import (
-    DEFAULT_CPUS,
-    DEFAULT_MAX_OUTPUT_SIZE,
-    DEFAULT_MEM_LIMIT,
-    DEFAULT_SHM_SIZE,
-    DEFAULT_TIMEOUT,
-    FINAL_STATES,
-    HID_PATTERN,
-    MAX_OFFSET,
-    MAX_PAGE,
-    MAX_TIMEOUT,
-    ModelIn,
-    ModelLimits,
-    ModelOut,
-    ModelUpdate,
-    TaskOut,
-    TaskPage,
-    TaskStatus,
-    check_container_tag,
-    size_in_bytes,
-)
-
-__all__ = [
-    "DEFAULT_CPUS",
-    "DEFAULT_MAX_OUTPUT_SIZE",
-    "DEFAULT_MEM_LIMIT",
-    "DEFAULT_SHM_SIZE",
-    "DEFAULT_TIMEOUT",
-    "FINAL_STATES",
-    "HID_PATTERN",
-    "MAX_OFFSET",
-    "MAX_PAGE",
-    "MAX_TIMEOUT",
-    "ClaimIn",
-    "ClaimOut",
-    "ConsumerHeartbeatIn",
-    "ConsumerOut",
-    "FinishIn",
-    "HolderIn",
-    "LeaseIn",
-    "LeasesCheckIn",
-    "LeasesCheckOut",
-    "ModelIn",
-    "ModelLimits",
-    "ModelOut",
-    "ModelUpdate",
-    "ReleaseIn",
-    "TaskOut",
-    "TaskPage",
-    "TaskStatus",
-    "check_container_tag",
-    "size_in_bytes",
-]
+from common.schemas import ModelOut, TaskOut
 
 ConsumerId = Annotated[str, Field(min_length=1, max_length=256)]
 

@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from common.schemas import ModelOut, size_in_bytes
 from private_api import crud, crud_tasks, leases
 from private_api.deps import (
     InternalAuth,
@@ -31,7 +32,7 @@ from private_api.orm import Model
 from private_api.receiving import receive_body, receive_tail
 from private_api.routes.consumers import LeaseRuleDep
 from private_api.routes.tasks import ZipFileResponse
-from private_api.schemas import ClaimIn, ClaimOut, FinishIn, HolderIn, ModelOut, ReleaseIn, size_in_bytes
+from private_api.schemas import ClaimIn, ClaimOut, FinishIn, HolderIn, ReleaseIn
 from private_api.storage import land
 
 router = APIRouter(prefix="/internal", tags=["consumers"], dependencies=[InternalAuth])

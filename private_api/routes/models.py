@@ -9,11 +9,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from common.openapi import MODEL_POST_ANSWERS, answers, zip_form
+from common.schemas import ModelIn, ModelOut, ModelUpdate
 from private_api import crud, crud_consumers
 from private_api.deps import InternalAuth, SessionDep, SessionsDep, SettingsDep, StorageDep
 from private_api.errors import InvalidRequest, ModelExists
 from private_api.routes.uploads import disk_errors, receive_zip
-from private_api.schemas import ModelIn, ModelOut, ModelUpdate
 from private_api.storage import Received, Storage, land
 
 router = APIRouter(prefix="/api/models", tags=["models"], dependencies=[InternalAuth])

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from common.openapi import TASK_ANSWERS, TASK_POLL_ANSWERS, TASK_POST_ANSWERS, answers, zip_form
+from common.schemas import HID_PATTERN, MAX_OFFSET, MAX_PAGE, TaskOut, TaskPage, TaskStatus
 from private_api import crud, crud_consumers
 from private_api.deps import (
     EngineDep,
@@ -27,7 +28,6 @@ from private_api.deps import (
 )
 from private_api.errors import InvalidRequest, ModelNotFound, NoOutput, QueueFull, TaskFailed, TaskNotFound, TaskPending
 from private_api.routes.uploads import disk_errors, receive_zip
-from private_api.schemas import HID_PATTERN, MAX_OFFSET, MAX_PAGE, TaskOut, TaskPage, TaskStatus
 from private_api.storage import Received, Storage, land
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"], dependencies=[InternalAuth])
