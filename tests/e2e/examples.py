@@ -26,6 +26,8 @@ import httpx
 import nibabel as nib
 import numpy as np
 
+from tests.consumer.helpers import zip_bytes
+
 from .stack import ROOT
 
 __all__ = ["build_example_images", "run_examples"]
@@ -99,16 +101,7 @@ def _npy_bytes(volume: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _zip(files: dict[str, bytes]) -> bytes:
-    """A zip holding these files."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
-
-
-def _segmenter_zip() -> bytes:
+def _segmenterzip_bytes() -> bytes:
     """The segmenter's model zip, made by its own packaging script."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "model.zip"
@@ -132,7 +125,7 @@ def _register(https: httpx.Client, hid: str, image: str, model_zip: bytes, **par
 
 def _submit(https: httpx.Client, hid: str, files: dict[str, bytes]) -> str:
     """POST a task; its uid."""
-    res = https.post("/api/tasks/", params={"human_readable_id": hid}, files={"zip_file": ("in.zip", _zip(files))})
+    res = https.post("/api/tasks/", params={"human_readable_id": hid}, files={"zip_file": ("in.zip", zip_bytes(files))})
     assert res.status_code == 200, res.text
     return str(json.loads(res.content))
 
@@ -169,8 +162,8 @@ def run_examples(https: httpx.Client, images: dict[str, str]) -> None:
     inputs = {"patient1/ct.nii.gz": _nifti_bytes(ct, affine), "patient2/ct.npy": _npy_bytes(ct)}
     bone = ct >= 300
 
-    _register(https, "e2e-volume-stats", images["cpu-volume-stats"], _zip({"config.json": b'{"threshold": 300}'}))
-    segmenter_zip = _segmenter_zip()
+    _register(https, "e2e-volume-stats", images["cpu-volume-stats"], zip_bytes({"config.json": b'{"threshold": 300}'}))
+    segmenter_zip = _segmenterzip_bytes()
     _register(https, "e2e-segmenter", images["gpu-torch-segmenter"], segmenter_zip, shm_size="256m")
     _register(https, "e2e-segmenter-tiny-shm", images["gpu-torch-segmenter"], segmenter_zip, shm_size="4m")
     stats_uid = _submit(https, "e2e-volume-stats", inputs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 from dataclasses import dataclass
@@ -49,3 +50,18 @@ class Stack:
     def url(self) -> str:
         """The stack's public HTTPS address."""
         return f"https://localhost:{self.https_port}"
+
+
+def traefik_certs(folder: Path) -> Path:
+    """Traefik's folder for a test stack: the routing and TLS files as shipped, and a certificate of its own."""
+    certs = folder / "certs"
+    certs.mkdir()
+    for name in ("routes.yml", "tls.yml"):
+        shutil.copy(ROOT / "traefik/certs" / name, certs / name)
+    subprocess.run(
+        [str(ROOT / "traefik/certs/generate_self_signed_certs"), "localhost"],
+        env={**os.environ, "CERT_DIR": str(certs)},
+        check=True,
+        capture_output=True,
+    )
+    return certs

@@ -5,9 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import ssl
-import subprocess
 import time
 import uuid
 import zipfile
@@ -19,7 +17,7 @@ import httpx
 import pytest
 
 from .examples import build_example_images, run_examples
-from .stack import ROOT, Stack, free_port
+from .stack import Stack, free_port, traefik_certs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.timeout(1800)]
 
@@ -58,17 +56,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The compose stack under a unique project name on free ports; removed with its volumes and images at the end."""
     folder = tmp_path_factory.mktemp("stack")
     project = f"inference-e2e-{uuid.uuid4().hex[:10]}"
-    certs = folder / "certs"
-    certs.mkdir()
-    # Traefik's folder: the routing and TLS files as shipped, and a certificate of the test's own.
-    for name in ("routes.yml", "tls.yml"):
-        shutil.copy(ROOT / "traefik/certs" / name, certs / name)
-    subprocess.run(
-        [str(ROOT / "traefik/certs/generate_self_signed_certs"), "localhost"],
-        env={**os.environ, "CERT_DIR": str(certs)},
-        check=True,
-        capture_output=True,
-    )
+    certs = traefik_certs(folder)
     env_file = folder / ".env"
     env = {
         "INTERNAL_TOKEN": TOKEN,

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 import ssl
 import subprocess
 import uuid
@@ -21,7 +19,7 @@ import docker
 import httpx
 import pytest
 
-from .stack import ROOT, Stack, free_port
+from .stack import Stack, free_port, traefik_certs
 from .test_compose_https import _poll, _zip, model_image
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.timeout(1200)]
@@ -77,16 +75,7 @@ def stacks(overlay: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
     """The main stack without consumers of its own, and a GPU-host project with one CPU-only consumer; the name
     that consumer must have."""
     folder = tmp_path_factory.mktemp("swarm")
-    certs = folder / "certs"
-    certs.mkdir()
-    for name in ("routes.yml", "tls.yml"):
-        shutil.copy(ROOT / "traefik/certs" / name, certs / name)
-    subprocess.run(
-        [str(ROOT / "traefik/certs/generate_self_signed_certs"), "localhost"],
-        env={**os.environ, "CERT_DIR": str(certs)},
-        check=True,
-        capture_output=True,
-    )
+    certs = traefik_certs(folder)
     tag = uuid.uuid4().hex[:10]
     host_name = f"gpuhost-{tag}"
     shared = {
