@@ -21,12 +21,17 @@ from private_api.orm import Task, utcnow
 _HISTORY_KEEP = 100
 
 
-@dataclass(frozen=True)
+@dataclass
 class LeaseRule:
-    """A lease lasts `seconds` from the holder's last heartbeat, and at least `seconds` from this API's start."""
+    """A lease lasts `seconds` from the holder's last heartbeat, and at least `seconds` from `since`: this API's start,
+    or the end of a database outage (during one no holder could renew its lease)."""
 
     seconds: float
     since: datetime
+
+    def restart(self, now: datetime) -> None:
+        """Count every lease from now at the earliest (the database is back after an outage)."""
+        self.since = max(self.since, now)
 
     def cutoff(self, now: datetime) -> datetime | None:
         """Leases renewed before this have expired; None while this API is younger than one lease."""

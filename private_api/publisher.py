@@ -20,6 +20,7 @@ from datetime import timedelta
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.messages import CPU_QUEUE, GPU_QUEUE, declare_queues, encode, queue_for
@@ -56,6 +57,7 @@ class Publisher:
         self.max_attempts = max_attempts
         self._short_since: dict[str, float] = {}
         self._pruned_at = float("-inf")
+        self._database_failed = False
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -135,11 +137,16 @@ class Publisher:
             return 0
         try:
             with self.sessions() as session:
+                if self._database_failed:  # holders could not renew during the outage: a full lease from now
+                    session.execute(select(1))
+                    self.lease_rule.restart(utcnow())
+                    self._database_failed = False
                 reaped = leases.reap_expired(session, rule=self.lease_rule, max_attempts=self.max_attempts)
                 if time.monotonic() - self._pruned_at > 600:
                     crud_consumers.prune(session, seen_before=utcnow() - _FORGET_CONSUMERS_AFTER)
                     self._pruned_at = time.monotonic()
         except Exception as exc:  # the database is away: the next round tries again
+            self._database_failed = True
             log.warning("reaping expired leases failed: %s: %s", type(exc).__name__, exc)
             return 0
         if reaped:

@@ -114,6 +114,27 @@ def test_reaper_returns_a_lost_consumers_task_to_the_queue_then_fails_it(
     assert reason.startswith("consumer lost 2 times") and "gave up after 2 attempts" in reason
 
 
+def test_a_database_outage_gives_every_holder_a_full_lease_afterwards(api: TestClient, settings: Settings) -> None:
+    """While the database is away nobody can renew a lease: when it is back, holders get a full lease to check in."""
+    add_model(api, "m", use_gpu=False)
+    uid = submit(api, "m")
+    _claim(api, uid, "holder-1")
+    publisher = api.app.state.publisher  # type: ignore[attr-defined]
+    working = publisher.sessions
+
+    def database_away() -> Any:
+        raise ConnectionError("the database is restarting")
+
+    publisher.sessions = database_away
+    time.sleep(settings.lease_seconds * 2)  # longer than a lease, with the reaper failing every round
+    publisher.sessions = working
+    time.sleep(settings.lease_seconds / 2)
+    assert api.get(f"/api/tasks/{uid}/status").json()["status"] == "running", "reaped right after the outage"
+    beat = api.post(f"/internal/tasks/{uid}/heartbeat", json={"consumer_id": "holder-1", "attempt": 1})
+    assert beat.status_code == 200 and beat.json()["status"] == "running", beat.text
+    _wait_for(lambda: api.get(f"/api/tasks/{uid}/status").json()["status"] == "pending")  # silence: reaped
+
+
 @pytest.fixture
 def quick_republish(settings: Settings) -> Iterator[TestClient]:
     """A private API that publishes unclaimed tasks again after one second."""
