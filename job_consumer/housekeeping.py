@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from common.messages import GPU_QUEUE
@@ -70,14 +71,20 @@ class Housekeeping:
     def tick(self) -> None:
         """Do whatever is due: a GPU probe, a heartbeat, a reaping round (each failure is logged, never raised)."""
         now = time.monotonic()
+        steps: list[Callable[[], object]] = []
         if self.gpu_device is not None and not self.gpu_usable and now >= self._next_probe:
-            self.probe_gpu()
+            steps.append(self.probe_gpu)
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.heartbeat_seconds
-            self.heartbeat()
+            steps.append(self.heartbeat)
         if now >= self._next_reap:
             self._next_reap = now + self.reap_seconds
-            self.reap()
+            steps.append(self.reap)
+        for step in steps:
+            try:
+                step()
+            except Exception:  # housekeeping must never stop the consumer (it also runs while a task does)
+                log.exception("housekeeping step %s failed; tried again later", step.__name__)
 
     # ---- GPU ---------------------------------------------------------------------------------------------
 

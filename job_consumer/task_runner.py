@@ -174,6 +174,8 @@ class TaskRunner:
                 return
             except PrivateApiError as exc:
                 log.warning("heartbeat for %s failed: %s", uid, exc)
+            except Exception:  # an odd answer must not end the heartbeats: the lease would run out mid-task
+                log.exception("heartbeat for %s failed", uid)
 
     @staticmethod
     def _check(control: TaskControl) -> None:
@@ -197,7 +199,10 @@ class TaskRunner:
             raise LeaseLost("its container was stopped")
         started = time.monotonic()
         log_text = (b"[... earlier output cut ...]\n" if run.log_truncated else b"") + run.log_tail
-        self.api.upload_logs(uid, attempt, log_text)
+        try:
+            self.api.upload_logs(uid, attempt, log_text)
+        except PrivateApiError as exc:  # the log is worth less than the result: go on to the output and finish
+            log.warning("the log of task %s was not stored: %s", uid, exc)
         reason = failure_reason(model, run)
         if reason is None:
             try:

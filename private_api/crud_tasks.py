@@ -44,6 +44,8 @@ def claim_task(
     if task.status == "pending" and task.not_before is not None and task.not_before > now:
         raise Conflict(f"task waits until {task.not_before.isoformat()} (backoff)", status="pending")
     if task.status == "running" and not rule.expired(task.heartbeat_at, now):
+        if task.consumer_id == consumer_id:  # its claim again (the first answer was lost): the same attempt
+            return task, model
         raise Conflict("task is running on another consumer", status="running")
     history = history_of(task)
     if task.status == "running":  # the holder's lease expired: it is stale from now on

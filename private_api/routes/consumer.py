@@ -32,6 +32,7 @@ from private_api.orm import Model
 from private_api.receiving import receive_body, receive_tail
 from private_api.routes.consumers import LeaseRuleDep
 from private_api.routes.tasks import ZipFileResponse
+from private_api.routes.uploads import disk_errors
 from private_api.schemas import ClaimIn, ClaimOut, FinishIn, HolderIn, ReleaseIn
 from private_api.storage import land
 
@@ -170,8 +171,9 @@ async def put_logs(
     await run_in_threadpool(_require_holder, sessions, uid, consumer_id, attempt)
     temp = storage.temp_path()
     try:
-        await run_in_threadpool(_write, temp, kept)
-        await run_in_threadpool(land, temp, storage.log_path(uid))
+        with disk_errors():  # a full disk answers 507, keeping nothing
+            await run_in_threadpool(_write, temp, kept)
+            await run_in_threadpool(land, temp, storage.log_path(uid))
     finally:
         temp.unlink(missing_ok=True)
     return {"size": len(kept)}

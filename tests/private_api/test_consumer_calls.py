@@ -68,13 +68,22 @@ def test_claim_gives_task_and_model(api: TestClient) -> None:
     assert status["status"] == "running" and status["consumer_name"] == "gpu0" and status["history"] == []
 
 
-def test_a_running_task_is_refused_to_every_other_claim_even_of_the_same_instance(api: TestClient) -> None:
+def test_a_running_task_is_refused_to_every_other_instance(api: TestClient) -> None:
     add_model(api, "m")
     uid = submit(api, "m")
     assert _claim(api, uid, "c1")[0] == 200
-    for consumer in ("c2", "c1"):
-        code, body = _claim(api, uid, consumer)
-        assert code == 409 and body["status"] == "running"
+    code, body = _claim(api, uid, "c2")
+    assert code == 409 and body["status"] == "running"
+    assert _status(api, uid)["attempt"] == 1
+
+
+def test_a_repeated_claim_of_the_holder_answers_the_same_attempt(api: TestClient) -> None:
+    """A claim whose answer was lost (a restart right after the commit) is retried: it must not cost an attempt."""
+    add_model(api, "m")
+    uid = submit(api, "m")
+    assert _claim(api, uid, "c1")[0] == 200
+    code, body = _claim(api, uid, "c1")
+    assert code == 200 and body["task"]["attempt"] == 1 and body["task"]["consumer_id"] == "c1", body
     assert _status(api, uid)["attempt"] == 1
 
 
