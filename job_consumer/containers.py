@@ -31,6 +31,24 @@ _WAIT_STEP_SECONDS = 1.0
 _GPU_ERRORS = ("could not select device driver", "nvidia", "cuda", "cdi device", "unknown or invalid runtime")
 
 
+# What the engine says when the host, not the model, keeps a container from being made or started.
+_HOST_ERRORS = (
+    "no space left on device",
+    "cgroup",
+    "error mounting",
+    "bind source path",
+    "shim",
+    "device or resource busy",
+    "too many open files",
+)
+
+
+def _host_error(message: str) -> bool:
+    """True when an engine error is about the host (disk, cgroups, mounts, the runtime's shim)."""
+    lowered = message.lower()
+    return any(marker in lowered for marker in _HOST_ERRORS)
+
+
 def gpu_error(message: str) -> bool:
     """True when an engine error is about the GPU or its runtime."""
     lowered = message.lower()
@@ -141,6 +159,8 @@ class Engine:
             message = str(exc.explanation or exc)
             if gpu_error(message):
                 raise GpuUnusable(f"the GPU cannot be used: {message}") from exc
+            if _host_error(message):
+                raise DockerUnavailable(f"the engine could not create the model's container: {message}") from exc
             if exc.status_code == 400:
                 # The engine refuses the model's settings (e.g. a limit this host cannot give): retrying cannot help.
                 raise ModelFailed(f"docker refused the model's container: {message}") from exc
@@ -155,6 +175,8 @@ class Engine:
             message = str(exc.explanation or exc)
             if gpu_error(message):
                 raise GpuUnusable(f"the GPU cannot be used: {message}") from exc
+            if _host_error(message):
+                raise DockerUnavailable(f"the engine could not start the model's container: {message}") from exc
             # The engine refuses to start what the model's image or limits make impossible (bad entrypoint, ...).
             if exc.is_client_error() or "executable file not found" in message or "OCI runtime" in message:
                 raise ModelFailed(f"the model's container could not start: {message}") from exc

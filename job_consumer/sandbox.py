@@ -79,6 +79,14 @@ class TaskRef:
             ROLE_LABEL: role,
         }
 
+    def task_filters(self) -> tuple[str, str]:
+        """Label filters matching every container of this task in this deployment, of any run."""
+        return f"{TASK_LABEL}={self.uid}", f"{SCOPE_LABEL}={self.scope}"
+
+    def is_other_run(self, labels: dict[str, str]) -> bool:
+        """True for a container of this task that another instance or attempt started."""
+        return (labels.get(INSTANCE_LABEL), labels.get(ATTEMPT_LABEL)) != (self.instance_id, str(self.attempt))
+
 
 @dataclass(frozen=True)
 class Sandbox:

@@ -261,9 +261,17 @@ class TaskRunner:
             )
         except ValueError as exc:
             raise RetryLater(str(exc)) from exc
+        self._remove_earlier_runs(task)
         container = self.engine.create(kwargs)
         held.container = container
         return dirs, container
+
+    def _remove_earlier_runs(self, task: TaskRef) -> None:
+        """Remove a crashed consumer's container of this task: stale now, it would share the GPU with this run."""
+        for old in self.engine.list(*task.task_filters()):
+            if task.is_other_run(old.attrs.get("Labels") or {}):
+                log.warning("removing container %s of an earlier run of task %s", (old.id or "")[:12], task.uid)
+                self.engine.remove(old.id or "")
 
     def _finish(self, claim: Claim, status: str, reason: str | None, exit_code: int | None) -> tuple[str, Settle]:
         """Store the final state; ACK once stored or once the task is no longer ours."""

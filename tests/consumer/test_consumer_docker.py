@@ -393,3 +393,24 @@ def test_gpu_error_mid_task_releases_it_as_infrastructure(consumer_docker, model
     assert "GPU" in release["reason"]
     assert not [path for path, _ in calls if path.endswith(("/finish", "/output"))]
     assert not list((tmp_path / "work" / "tasks").rglob(f"{uid}-1"))
+
+
+def test_a_new_run_removes_the_containers_of_earlier_runs_of_its_task(consumer_docker, model_images):
+    """A crashed consumer's model container must not keep running (on the GPU) beside the rerun of its task."""
+    scope = f"test-rerun-{secrets.token_hex(4)}"
+    uid = f"rerun-{secrets.token_hex(10)}"
+    deadline = int(time.time()) + 3600
+    crashed = TaskRef(uid, 1, "crashed-0123456789ab", "crashed", scope, deadline)
+    other_task = TaskRef(f"other-{secrets.token_hex(10)}", 1, "crashed-0123456789ab", "crashed", scope, deadline)
+    rerun = TaskRef(uid, 2, "new-0123456789abcd", "new", scope, deadline)
+    stale = consumer_docker.containers.run(model_images["sleep"], detach=True, labels=crashed.labels("model"))
+    kept = consumer_docker.containers.create(model_images["sleep"], labels=other_task.labels("model"))
+    try:
+        runner = TaskRunner.__new__(TaskRunner)  # only its engine is used here
+        runner.engine = Engine(consumer_docker, pull_missing_images=False)
+        runner._remove_earlier_runs(rerun)
+        names = {c.id for c in consumer_docker.containers.list(all=True, filters={"label": f"{SCOPE_LABEL}={scope}"})}
+        assert stale.id not in names and kept.id in names
+    finally:
+        for container in (stale, kept):
+            runner.engine.remove(container.id or "")

@@ -8,6 +8,8 @@ import stat
 import zipfile
 from pathlib import Path
 
+import docker
+import docker.errors
 import httpx
 import pytest
 from docker.types import DeviceRequest
@@ -15,8 +17,8 @@ from pydantic import ValidationError
 
 from job_consumer.broker import queues_for
 from job_consumer.config import load_settings
-from job_consumer.containers import RunResult, gpu_error
-from job_consumer.errors import LeaseLost, ModelFailed, PrivateApiError
+from job_consumer.containers import Engine, RunResult, gpu_error
+from job_consumer.errors import DockerUnavailable, GpuUnusable, LeaseLost, ModelFailed, PrivateApiError
 from job_consumer.outputs import OutputTooLarge, folder_to_zip
 from job_consumer.private_api import ClaimOutcome, PrivateApiClient
 from job_consumer.sandbox import Sandbox, TaskRef, model_container_kwargs, scope_of
@@ -300,3 +302,30 @@ def test_output_zip_is_bounded_while_it_is_written(tmp_path: Path):
     assert folder_to_zip(out, tmp_path / "out.zip", max_bytes=4_000_000).files == 1
     with zipfile.ZipFile(tmp_path / "out.zip") as archive:
         assert archive.testzip() is None
+
+
+class _RefusingContainer:
+    """A container whose start fails with the engine's message."""
+
+    def __init__(self, message: str, status: int = 500) -> None:
+        self.message, self.status = message, status
+
+    def start(self) -> None:
+        response = httpx.Response(self.status)
+        raise docker.errors.APIError("start failed", response=response, explanation=self.message)
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ("OCI runtime create failed: write /sys/fs/cgroup/x: no space left on device", DockerUnavailable),
+        ('error mounting "/work/tasks/x/input" to rootfs at "/input"', DockerUnavailable),
+        ('OCI runtime create failed: exec: "/run.sh": executable file not found in $PATH', ModelFailed),
+        ('could not select device driver "" with capabilities: [[gpu]]', GpuUnusable),
+    ],
+)
+def test_start_errors_of_the_host_are_not_the_models(message: str, error: type[Exception]) -> None:
+    """A full disk, cgroups or a mount the engine cannot make are retried elsewhere; a bad entrypoint fails the task."""
+    engine = Engine(docker.DockerClient.__new__(docker.DockerClient))
+    with pytest.raises(error):
+        engine.start(_RefusingContainer(message))
