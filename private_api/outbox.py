@@ -39,11 +39,13 @@ def due_tasks(
 
 
 def mark_published(session: Session, *, task_ids: list[int], at: datetime) -> None:
-    """Record that the broker confirmed these tasks' messages."""
+    """Record that the broker confirmed these tasks' messages; not for a task released meanwhile to back off (its
+    message came too early: it is published again when due)."""
     if task_ids:
         session.execute(
             update(Task)
-            .where(Task.id.in_(task_ids))
+            .where(Task.id.in_(task_ids), Task.status == "pending")
+            .where(or_(Task.not_before.is_(None), Task.not_before <= at))
             .values(published_at=at)
             .execution_options(synchronize_session=False)
         )
