@@ -8,6 +8,7 @@ host's problem, not the zip's.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -74,6 +75,12 @@ class ZipSummary:
     total_size: int
 
 
+# The longest file or folder name the usual file systems (ext4, xfs, NTFS in bytes of UTF-8) accept.
+_MAX_NAME_BYTES = 255
+# Errors reading a file that say nothing about its content.
+_HOST_ERRNOS = (errno.EIO, errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOSPC, errno.EDQUOT)
+
+
 def _name_parts(info: zipfile.ZipInfo) -> list[str]:
     """The path components of an entry's name (a folder's trailing slash dropped)."""
     parts = info.filename.replace("\\", "/").split("/")
@@ -94,6 +101,8 @@ def _entry_problem(info: zipfile.ZipInfo) -> str | None:
         return f"entry escapes the archive with '..': {name!r}"
     if "." in parts or "" in parts:
         return f"entry {name!r} has an empty or '.' name; zip the folder's contents, not the folder as '.'"
+    if any(len(part.encode()) > _MAX_NAME_BYTES for part in parts):
+        return f"entry {name[:80]!r}... has a name longer than {_MAX_NAME_BYTES} bytes, more than a file system takes"
     kind = stat.S_IFMT(info.external_attr >> 16)
     if kind == stat.S_IFLNK:
         return f"entry is a symbolic link: {name!r}"
@@ -137,7 +146,11 @@ def check_zip(path: Path | str, limits: ZipSettings) -> ZipSummary:
         archive_size = os.path.getsize(path)
     except zipfile.BadZipFile as exc:
         raise UnsafeZipError(f"not a valid zip file (is it truncated?): {exc}") from exc
-    except (OSError, EOFError, ValueError, NotImplementedError) as exc:
+    except OSError as exc:
+        if exc.errno in _HOST_ERRNOS:  # reading the file failed: the host's problem, not the zip's
+            raise ExtractionFailed(exc.errno, f"could not read the zip: {exc.strerror or exc}") from exc
+        raise UnsafeZipError(f"not a valid zip file: {exc}") from exc  # e.g. a seek to a bad offset (EINVAL)
+    except (EOFError, ValueError, NotImplementedError) as exc:
         raise UnsafeZipError(f"not a valid zip file: {exc}") from exc
     if len(infos) > limits.max_zip_files:
         raise UnsafeZipError(f"zip has {len(infos)} entries; the limit is {limits.max_zip_files}")

@@ -29,6 +29,9 @@ T = TypeVar("T")
 _CHUNK = 1024 * 1024
 
 
+_MAX_REASON = 10_000
+
+
 class _Transient(PrivateApiError):
     """A connection error or a 5xx: worth trying again."""
 
@@ -246,7 +249,8 @@ class PrivateApiClient:
         if status not in ("finished", "failed"):
             raise ValueError(f"a consumer finishes a task as finished or failed, not {status!r}")
         url = f"/internal/tasks/{uid}/finish"
-        body = {**self._holder(attempt), "status": status, "reason": reason, "exit_code": exit_code}
+        kept = None if reason is None else reason[:_MAX_REASON]  # the private API takes at most that many
+        body = {**self._holder(attempt), "status": status, "reason": kept, "exit_code": exit_code}
         response = self._retrying(lambda: self._request("POST", url, json=body))
         if response.status_code == 200:
             return True

@@ -41,6 +41,7 @@ BAD_ZIPS: dict[str, tuple[bytes, tuple[str, ...]]] = {
     "dot folder entry": (_zip([("./", b""), ("./ct.txt", b"x")]), ("'./'", "'.'")),
     "dot path": (_zip([("scan/./ct.txt", b"x")]), ("scan/./ct.txt", "'.'")),
     "empty name part": (_zip([("scan//ct.txt", b"x")]), ("scan//ct.txt", "empty")),
+    "name too long": (_zip([("scan/" + "n" * 300 + ".nii", b"x")]), ("scan/nnnn", "longer than 255 bytes")),
     "archive ratio": (
         _zip([(f"zeros{i}.bin", b"\0" * (900 * 1024)) for i in range(8)], zipfile.ZIP_BZIP2),
         ("as a whole", "zip bomb"),
