@@ -27,9 +27,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _CHUNK = 1024 * 1024
-
-
-_MAX_REASON = 10_000
+_MAX_REASON = 10_000  # the longest failure reason the private API takes
 
 
 class _Transient(PrivateApiError):
@@ -249,7 +247,7 @@ class PrivateApiClient:
         if status not in ("finished", "failed"):
             raise ValueError(f"a consumer finishes a task as finished or failed, not {status!r}")
         url = f"/internal/tasks/{uid}/finish"
-        kept = None if reason is None else reason[:_MAX_REASON]  # the private API takes at most that many
+        kept = None if reason is None else reason[:_MAX_REASON]
         body = {**self._holder(attempt), "status": status, "reason": kept, "exit_code": exit_code}
         response = self._retrying(lambda: self._request("POST", url, json=body))
         if response.status_code == 200:
