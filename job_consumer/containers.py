@@ -49,9 +49,16 @@ def _host_error(message: str) -> bool:
     return any(marker in lowered for marker in _HOST_ERRORS)
 
 
+# What the runtime says when the image's entrypoint cannot be run: the model's problem, whatever the path names
+# (NGC images start /opt/nvidia/nvidia_entrypoint.sh).
+_EXEC_ERRORS = ("executable file not found", "exec format error", "no such file or directory: unknown")
+
+
 def gpu_error(message: str) -> bool:
-    """True when an engine error is about the GPU or its runtime."""
+    """True when an engine error is about the GPU or its runtime (not an entrypoint that happens to name it)."""
     lowered = message.lower()
+    if any(marker in lowered for marker in _EXEC_ERRORS):
+        return False
     return any(marker in lowered for marker in _GPU_ERRORS)
 
 
@@ -178,7 +185,8 @@ class Engine:
             if _host_error(message):
                 raise DockerUnavailable(f"the engine could not start the model's container: {message}") from exc
             # The engine refuses to start what the model's image or limits make impossible (bad entrypoint, ...).
-            if exc.is_client_error() or "executable file not found" in message or "OCI runtime" in message:
+            exec_error = any(marker in message.lower() for marker in _EXEC_ERRORS)
+            if exc.is_client_error() or exec_error or "OCI runtime" in message:
                 raise ModelFailed(f"the model's container could not start: {message}") from exc
             raise
         return time.monotonic()

@@ -322,6 +322,7 @@ class _RefusingContainer:
         ('error mounting "/work/tasks/x/input" to rootfs at "/input"', DockerUnavailable),
         ('OCI runtime create failed: exec: "/run.sh": executable file not found in $PATH', ModelFailed),
         ('could not select device driver "" with capabilities: [[gpu]]', GpuUnusable),
+        ('exec: "/opt/nvidia/nvidia_entrypoint.sh": exec format error', ModelFailed),
     ],
 )
 def test_start_errors_of_the_host_are_not_the_models(message: str, error: type[Exception]) -> None:
