@@ -23,6 +23,7 @@ ANSWERS: dict[int, tuple[str, type[BaseModel]]] = {
     400: ("not a valid zip, or an unsafe one (the message names the entry)", ErrorOut),
     401: ("an API key is required, or the one given is not valid", ErrorOut),
     403: ("the call is not allowed (e.g. public model posting is off)", ErrorOut),
+    404: ("no such API key", ErrorOut),
     408: ("the upload sent nothing for UPLOAD_IDLE_TIMEOUT_SECONDS and was dropped", ErrorOut),
     409: ("conflict: the id is taken, or the task is not in a state that allows this", ErrorOut),
     413: ("the upload is larger than the server accepts", ErrorOut),
@@ -36,7 +37,7 @@ ANSWERS: dict[int, tuple[str, type[BaseModel]]] = {
     550: ("the model does not exist (or the task's model no longer does)", ErrorOut),
     551: ("the task is pending or running", ErrorOut),
     552: ("the task failed: reason, exit_code, log_tail", TaskFailedOut),
-    553: ("the task finished, but there is no output zip", ErrorOut),
+    553: ("the task finished, but there is no output zip (or it expired)", ErrorOut),
     554: ("no such task, or it was deleted", ErrorOut),
 }
 

@@ -185,6 +185,8 @@ class ModelOut(BaseModel):
     network: bool
     max_output_size: str = DEFAULT_MAX_OUTPUT_SIZE
     user: str | None = None
+    version: int = Field(default=1, description="the current version: new tasks run it")
+    versions: list[dict[str, Any]] | None = Field(default=None, description="every version (GET of one model only)")
     consumers: int = Field(default=0, description="live consumers reading this model's queue")
     warning: str | None = Field(default=None, description="e.g. no live consumer reads its queue")
     created_at: datetime
@@ -211,6 +213,16 @@ class TaskOut(BaseModel):
     infra_retries: int = 0
     history: list[dict[str, Any]] = Field(default_factory=list, description="one entry per attempt that ended")
     waiting_for: str | None = Field(default=None, description="e.g. 'a GPU consumer' while none is live")
+    owner: str | None = Field(default=None, description="the id of the API key that submitted it")
+    model_version: int | None = Field(default=None, description="the model version it runs")
+    phase: str | None = Field(default=None, description="queued, preparing, running or uploading")
+    phase_started_at: datetime | None = None
+    progress: float | None = Field(default=None, description="0..1, as the model last wrote it to $PROGRESS_FILE")
+    progress_message: str | None = None
+    provenance: dict[str, Any] | None = Field(default=None, description="what exactly produced the result")
+    expires_at: datetime | None = Field(default=None, description="when the output zip is removed")
+    callback_url: str | None = None
+    webhook: dict[str, Any] | None = Field(default=None, description="how the delivery to callback_url stands")
 
 
 class TaskPage(BaseModel):

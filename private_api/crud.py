@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, or_, select, update
@@ -9,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from common.schemas import FINAL_STATES, ModelLimits, TaskOut
+from private_api.auth import Caller
 from private_api.errors import ModelExists, ModelNotFound, TaskNotFound
 from private_api.leases import history_of
 from private_api.orm import Model, Task, utcnow
@@ -88,6 +90,7 @@ def create_task(
         model_hid=model.human_readable_id,
         use_gpu=model.use_gpu,
         owner=owner,
+        model_version=model.version,
         status="pending",
         deleted=False,
         attempt=0,
@@ -99,10 +102,10 @@ def create_task(
     return task
 
 
-def get_task(session: Session, *, uid: str, owner: str | None = None) -> Task:
-    """A task that exists, is not deleted and (when owner is given) belongs to owner; else TaskNotFound."""
+def get_task(session: Session, *, uid: str, caller: Caller | None = None) -> Task:
+    """A task that exists, is not deleted and (when a caller is given) the caller may see; else TaskNotFound."""
     task = session.scalar(select(Task).where(Task.uid == uid))
-    if task is None or task.deleted or (owner is not None and task.owner != owner):
+    if task is None or task.deleted or (caller is not None and not caller.sees(task.owner)):
         raise TaskNotFound(f"no task {uid!r}")
     return task
 
@@ -165,6 +168,15 @@ def task_out(task: Task, *, position: int | None = None, waiting_for: str | None
         waiting_for=waiting_for if task.status == "pending" else None,
         history=history_of(task),
         infra_retries=task.infra_retries,
+        owner=task.owner,
+        model_version=task.model_version,
+        phase=task.phase,
+        phase_started_at=task.phase_started_at,
+        progress=task.progress,
+        progress_message=task.progress_message,
+        provenance=json.loads(task.provenance) if task.provenance else None,
+        # TODO(retention): expires_at; TODO(webhooks): webhook (state, attempts, last_error, next_at, delivered_at).
+        callback_url=task.callback_url,
     )
 
 

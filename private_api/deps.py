@@ -64,10 +64,6 @@ async def _internal_task_uid(uid: str) -> str:
     return uid
 
 
-async def _owner(x_owner: Annotated[str | None, Header(max_length=128)] = None) -> str | None:
-    return x_owner or None
-
-
 async def _engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
@@ -82,6 +78,5 @@ InternalTaskUid = Annotated[str, Depends(_internal_task_uid)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 StorageDep = Annotated[Storage, Depends(_storage)]
 PublisherDep = Annotated[Publisher, Depends(_publisher)]
-OwnerDep = Annotated[str | None, Depends(_owner)]
 EngineDep = Annotated[Engine, Depends(_engine)]
 InternalAuth = Depends(require_internal_token)

@@ -1,4 +1,7 @@
-"""Database tables: models, tasks and consumers. The tasks table is also the publishing outbox (`published_at`)."""
+"""Database tables: models and their versions, tasks, consumers, API keys, audit, idempotency keys.
+
+The tasks table is also the publishing outbox (`published_at`).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -67,6 +71,8 @@ class Model(Base):
     max_output_size: Mapped[str] = mapped_column(String(32), default="50g")
     # `uid[:gid]` the model runs as; None means the consumer's non-root default.
     user: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The current version (a row of model_versions); new tasks run it.
+    version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -84,6 +90,7 @@ class Task(Base):
         Index("ix_tasks_status_id", "status", "id"),
         Index("ix_tasks_unpublished", "published_at", "status"),
         Index("ix_tasks_owner_id", "owner", "id"),
+        Index("ix_tasks_owner_status", "owner", "status"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -116,6 +123,25 @@ class Task(Base):
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # JSON list of what happened to earlier attempts: {"attempt", "consumer", "reason", "infrastructure", "at"}.
     history: Mapped[str] = mapped_column(Text, default="[]")
+    # The model version current when the task was submitted (None for tasks older than versions).
+    model_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # What the holder does now (preparing, running, uploading), since when, and how far the model says it is.
+    phase: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    phase_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    progress: Mapped[float | None] = mapped_column(Float, nullable=True)
+    progress_message: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    # JSON object: what exactly produced the result (image id, digests, shas, consumer, GPU, limits, timings).
+    provenance: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Retention: when the input zip was removed, and when the output zip was removed as expired.
+    input_removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    output_expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Webhook: where the final status is POSTed, and how its delivery stands.
+    callback_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    webhook_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    webhook_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    webhook_next_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+    webhook_last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    webhook_delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class Consumer(Base):
@@ -134,3 +160,78 @@ class Consumer(Base):
     free_disk_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class ModelVersion(Base):
+    """One version of a model: what a task submitted while it was current runs, whatever changes later."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("model_id", "version", name="uq_model_versions_model_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    container_tag: Mapped[str] = mapped_column(String(512))
+    description: Mapped[str] = mapped_column(Text, default="")
+    use_gpu: Mapped[bool] = mapped_column(Boolean, default=True)
+    timeout: Mapped[int] = mapped_column(Integer)
+    mem_limit: Mapped[str] = mapped_column(String(32))
+    shm_size: Mapped[str] = mapped_column(String(32))
+    cpus: Mapped[float] = mapped_column(Float)
+    network: Mapped[bool] = mapped_column(Boolean, default=False)
+    max_output_size: Mapped[str] = mapped_column(String(32), default="50g")
+    user: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    zip_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    zip_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The key id that made it (None: an internal call or an open service).
+    created_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class ApiKey(Base):
+    """An API key: only the sha256 of its secret is stored; its id is the owner of the tasks made with it."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Quotas: None means KEY_MAX_QUEUED_TASKS pending, and no limit on running tasks.
+    max_queued_tasks: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_running_tasks: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class AuditEntry(Base):
+    """Who changed what, when: appended to, never changed."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    key_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    key_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str] = mapped_column(String(256))
+    # JSON object with what else matters (fields changed, version made, tasks cancelled...).
+    detail: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class IdempotencyKey(Base):
+    """An `Idempotency-Key` a caller sent with a submission, and the task it made (kept 24 h)."""
+
+    __tablename__ = "idempotency"
+    __table_args__ = (UniqueConstraint("owner", "key", name="uq_idempotency_owner_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # The task owner ("" while the service is open: every caller is the same owner then).
+    owner: Mapped[str] = mapped_column(String(128))
+    key: Mapped[str] = mapped_column(String(256))
+    task_uid: Mapped[str] = mapped_column(String(64))
+    model_hid: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

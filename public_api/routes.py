@@ -6,6 +6,7 @@ matched in one pass over the app's routes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -20,7 +21,7 @@ from common.openapi import (
     answers,
     zip_form,
 )
-from common.schemas import ModelIn, ModelOut, TaskOut, TaskQuery
+from common.schemas import HID_PATTERN, ModelIn, ModelOut, TaskOut, TaskPage, TaskQuery
 from common.settings import valid_uid
 from public_api.deps import RelayDep
 from public_api.errors import RelayError
@@ -28,6 +29,8 @@ from public_api.errors import RelayError
 __all__ = ["add_routes"]
 
 Endpoint = Callable[..., Awaitable[Response]]
+_HID_RE = re.compile(HID_PATTERN)
+_KEY_ID_RE = re.compile(r"^k[0-9a-f]{16}$")
 # Every relayed call can meet these: API keys, and a private API that is down, slow or broken.
 _RELAY_ANSWERS = (401, 502, 503, 504)
 _UID_OK = {
@@ -47,6 +50,20 @@ def _both(app: FastAPI, method: str, path: str, endpoint: Endpoint, codes: tuple
     responses = answers(*_RELAY_ANSWERS, *codes, ok=kwargs.pop("ok", None))
     app.add_api_route(path + "/", endpoint, methods=[method], responses=responses, **kwargs)
     app.add_api_route(path, endpoint, methods=[method], include_in_schema=False, **kwargs)
+
+
+def _model_path(hid: str) -> str:
+    """The private API path of a model; an id that cannot be one is simply not found."""
+    if not _HID_RE.fullmatch(hid):
+        raise RelayError(550, f"no model with human_readable_id {hid!r}")
+    return f"/api/models/{hid}"
+
+
+def _key_path(key_id: str, suffix: str = "") -> str:
+    """The private API path of an API key; an id that cannot be one is simply not found."""
+    if not _KEY_ID_RE.fullmatch(key_id):
+        raise RelayError(404, f"no API key {key_id!r}")
+    return f"/api/keys/{key_id}{suffix}"
 
 
 def _task_path(uid: str, suffix: str = "") -> str:
@@ -72,6 +89,51 @@ async def post_model(relay: RelayDep, fields: Annotated[ModelIn, Query()]) -> Re
 async def list_models(relay: RelayDep) -> Response:
     """The list of models."""
     return await relay.send("GET", "/api/models/", owned=False)
+
+
+async def get_model(hid: str, relay: RelayDep) -> Response:
+    """One model, with its versions."""
+    return await relay.send("GET", _model_path(hid), owned=True)
+
+
+async def put_model(hid: str, relay: RelayDep, fields: Annotated[ModelIn, Query()]) -> Response:
+    """A new version of a model (admin): the same fields as posting it, and optionally a new zip."""
+    return await relay.send("PUT", _model_path(hid), owned=True, with_body=True)
+
+
+async def delete_model(hid: str, relay: RelayDep) -> Response:
+    """Delete a model (admin): 409 while tasks wait for it, unless ?force=true cancels them."""
+    return await relay.send("DELETE", _model_path(hid), owned=True)
+
+
+async def list_tasks(relay: RelayDep) -> Response:
+    """The caller's own tasks, newest first (admins: ?all=true for everyone's)."""
+    return await relay.send("GET", "/api/tasks/", owned=True)
+
+
+async def post_key(relay: RelayDep) -> Response:
+    """Make an API key (admin); the answer holds its secret, once."""
+    return await relay.send("POST", "/api/keys/", owned=True, with_body=True)
+
+
+async def list_keys(relay: RelayDep) -> Response:
+    """The API keys, without their secrets (admin)."""
+    return await relay.send("GET", "/api/keys/", owned=True)
+
+
+async def revoke_key(key_id: str, relay: RelayDep) -> Response:
+    """Revoke an API key (admin): it answers 401 from now on."""
+    return await relay.send("DELETE", _key_path(key_id), owned=True)
+
+
+async def rotate_key(key_id: str, relay: RelayDep) -> Response:
+    """A new secret for the same key (admin): its tasks stay its own."""
+    return await relay.send("POST", _key_path(key_id, "/rotate"), owned=True)
+
+
+async def list_audit(relay: RelayDep) -> Response:
+    """Who created, changed, deleted or cancelled what, newest first (admin)."""
+    return await relay.send("GET", "/api/audit/", owned=True)
 
 
 async def post_task(relay: RelayDep, model: Annotated[TaskQuery, Query()]) -> Response:
@@ -112,6 +174,24 @@ def add_routes(app: FastAPI) -> None:
         summary="Post a model (when enabled)",
     )
     _both(app, "GET", "/api/models", list_models, (), response_model=list[ModelOut], summary="List models")
+    _both(app, "GET", "/api/models/{hid}", get_model, (550,), response_model=ModelOut, summary="One model")
+    _both(
+        app,
+        "PUT",
+        "/api/models/{hid}",
+        put_model,
+        (*MODEL_POST_ANSWERS, 550),
+        response_model=ModelOut,
+        openapi_extra=zip_form(required=False),
+        summary="A new version of a model (admin)",
+    )
+    _both(app, "DELETE", "/api/models/{hid}", delete_model, (403, 409, 550), summary="Delete a model (admin)")
+    _both(app, "GET", "/api/tasks", list_tasks, (422,), response_model=TaskPage, summary="The caller's tasks")
+    _both(app, "POST", "/api/keys", post_key, (403, 422), summary="Make an API key (admin)")
+    _both(app, "GET", "/api/keys", list_keys, (403,), summary="List API keys (admin)")
+    _both(app, "DELETE", "/api/keys/{key_id}", revoke_key, (403, 404), summary="Revoke an API key (admin)")
+    _both(app, "POST", "/api/keys/{key_id}/rotate", rotate_key, (403, 404), summary="A new secret for a key")
+    _both(app, "GET", "/api/audit", list_audit, (403, 422), summary="The audit trail (admin)")
     _both(
         app,
         "POST",

@@ -10,7 +10,8 @@ from starlette.concurrency import run_in_threadpool
 
 from common.openapi import MODEL_POST_ANSWERS, answers, zip_form
 from common.schemas import ModelIn, ModelOut, ModelUpdate
-from private_api import crud, crud_consumers
+from private_api import audit, crud, crud_consumers
+from private_api.auth import Caller, CallerDep
 from private_api.deps import InternalAuth, SessionDep, SessionsDep, SettingsDep, StorageDep
 from private_api.errors import InvalidRequest, ModelExists
 from private_api.routes.uploads import disk_errors, receive_zip
@@ -27,7 +28,12 @@ def _refuse_taken(sessions: sessionmaker[Session], hid: str) -> None:
 
 
 def _store_new(
-    sessions: sessionmaker[Session], storage: Storage, model_in: ModelIn, zip_in: Received | None, stale: float
+    sessions: sessionmaker[Session],
+    storage: Storage,
+    model_in: ModelIn,
+    zip_in: Received | None,
+    stale: float,
+    caller: Caller,
 ) -> ModelOut:
     """Insert the model and land its zip, in one short session."""
     final = None
@@ -45,6 +51,9 @@ def _store_new(
                 final = storage.model_zip_path(model.id, zip_in.sha256)
                 land(zip_in.path, final)
                 crud.update_model(session, model, zip_sha256=zip_in.sha256, zip_size=zip_in.size)
+            audit.record(
+                session, caller, "model.create", model.human_readable_id, version=model.version, zip=model.zip_sha256
+            )
             session.commit()
         except BaseException:
             session.rollback()
@@ -63,6 +72,7 @@ async def create_model(
     sessions: SessionsDep,
     settings: SettingsDep,
     storage: StorageDep,
+    caller: CallerDep,
 ) -> ModelOut:
     """Register a model: a docker image, its run limits and an optional model zip mounted at /model."""
     await run_in_threadpool(_refuse_taken, sessions, model_in.human_readable_id)
@@ -70,7 +80,9 @@ async def create_model(
     try:
         if model_in.model_available and zip_in is None:
             raise InvalidRequest("model_available=true needs a zip_file")
-        return await run_in_threadpool(_store_new, sessions, storage, model_in, zip_in, settings.consumer_stale_seconds)
+        return await run_in_threadpool(
+            _store_new, sessions, storage, model_in, zip_in, settings.consumer_stale_seconds, caller
+        )
     finally:
         if zip_in is not None:
             zip_in.path.unlink(missing_ok=True)
@@ -104,6 +116,7 @@ def _store_update(
     update: ModelUpdate,
     zip_in: Received | None,
     stale: float,
+    caller: Caller,
 ) -> ModelOut:
     """Change the model's fields and zip in one short session; the replaced zip is removed once committed."""
     fields = update.changes()
@@ -120,6 +133,7 @@ def _store_update(
             elif drop_zip:
                 fields.update(zip_sha256=None, zip_size=None)
             crud.update_model(session, model, **fields)
+            audit.record(session, caller, "model.update", hid, fields=sorted(fields))
             session.commit()
             out = crud_consumers.model_out(model, crud_consumers.live_per_queue(session, stale_seconds=stale))
         except BaseException:
@@ -145,6 +159,7 @@ async def update_model(
     sessions: SessionsDep,
     settings: SettingsDep,
     storage: StorageDep,
+    caller: CallerDep,
 ) -> ModelOut:
     """Change a model's fields; a new zip_file replaces its zip, model_available=false removes it."""
     await run_in_threadpool(_check_update, sessions, hid, update, True)
@@ -153,7 +168,7 @@ async def update_model(
         if zip_in is None:
             await run_in_threadpool(_check_update, sessions, hid, update, False)
         return await run_in_threadpool(
-            _store_update, sessions, storage, hid, update, zip_in, settings.consumer_stale_seconds
+            _store_update, sessions, storage, hid, update, zip_in, settings.consumer_stale_seconds, caller
         )
     finally:
         if zip_in is not None:
@@ -161,11 +176,12 @@ async def update_model(
 
 
 @router.delete("/{hid}", responses=answers(401, 550))
-def delete_model(hid: str, session: SessionDep, storage: StorageDep) -> dict[str, str]:
+def delete_model(hid: str, session: SessionDep, storage: StorageDep, caller: CallerDep) -> dict[str, str]:
     """Delete a model and its zip; its tasks answer 550 from now on."""
     model = crud.get_model(session, hid=hid)
     zip_path = storage.model_zip_path(model.id, model.zip_sha256) if model.zip_sha256 else None
     crud.delete_model(session, model)
+    audit.record(session, caller, "model.delete", hid)
     session.commit()
     if zip_path is not None:
         zip_path.unlink(missing_ok=True)

@@ -14,11 +14,11 @@ from starlette.concurrency import run_in_threadpool
 
 from common.openapi import TASK_ANSWERS, TASK_POLL_ANSWERS, TASK_POST_ANSWERS, answers, zip_form
 from common.schemas import HID_PATTERN, MAX_OFFSET, MAX_PAGE, TaskOut, TaskPage, TaskStatus
-from private_api import crud, crud_consumers
+from private_api import audit, crud, crud_consumers
+from private_api.auth import Caller, CallerDep
 from private_api.deps import (
     EngineDep,
     InternalAuth,
-    OwnerDep,
     PublisherDep,
     SessionDep,
     SessionsDep,
@@ -50,7 +50,7 @@ def _admit(sessions: sessionmaker[Session], hid: str, max_queued: int) -> None:
 
 
 def _store(
-    sessions: sessionmaker[Session], storage: Storage, uid: str, hid: str, owner: str | None, zip_in: Received
+    sessions: sessionmaker[Session], storage: Storage, uid: str, hid: str, caller: Caller, zip_in: Received
 ) -> None:
     """Land the input zip and commit the task row (the file is in place before the row says so)."""
     final = storage.input_path(uid)
@@ -58,9 +58,10 @@ def _store(
         model = crud.get_model(session, hid=hid)
         land(zip_in.path, final)
         try:
-            crud.create_task(
-                session, uid=uid, model=model, owner=owner, input_size=zip_in.size, input_sha256=zip_in.sha256
+            task = crud.create_task(
+                session, uid=uid, model=model, owner=caller.owner, input_size=zip_in.size, input_sha256=zip_in.sha256
             )
+            audit.record(session, caller, "task.create", uid, model=hid, model_version=task.model_version)
             session.commit()
         except BaseException:
             session.rollback()
@@ -83,7 +84,7 @@ async def create_task(
     settings: SettingsDep,
     storage: StorageDep,
     publisher: PublisherDep,
-    owner: OwnerDep,
+    caller: CallerDep,
     human_readable_id: Annotated[str | None, Query(pattern=HID_PATTERN)] = None,
     model_human_readable_id: Annotated[str | None, Query(pattern=HID_PATTERN)] = None,
 ) -> str:
@@ -99,7 +100,7 @@ async def create_task(
         raise InvalidRequest("send the input zip as the multipart file field zip_file")
     uid = _new_uid()
     try:
-        await run_in_threadpool(_store, sessions, storage, uid, hid, owner, zip_in)
+        await run_in_threadpool(_store, sessions, storage, uid, hid, caller, zip_in)
     finally:
         zip_in.path.unlink(missing_ok=True)
     publisher.wake()
@@ -110,14 +111,14 @@ async def create_task(
 def list_tasks(
     session: SessionDep,
     settings: SettingsDep,
-    owner: OwnerDep,
+    caller: CallerDep,
     status: TaskStatus | None = None,
     model: str | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> TaskPage:
     """Tasks, newest first, filtered by status and model."""
-    tasks, total = crud.list_tasks(session, status=status, model=model, owner=owner, limit=limit, offset=offset)
+    tasks, total = crud.list_tasks(session, status=status, model=model, owner=caller.owner, limit=limit, offset=offset)
     items = crud_consumers.tasks_out(session, tasks, stale_seconds=settings.consumer_stale_seconds)
     return TaskPage(items=items, total=total)
 
@@ -131,11 +132,11 @@ def _log_tail(storage: Storage, uid: str) -> str:
         return log.read().decode(errors="replace")
 
 
-def _poll(engine: Engine, storage: Storage, uid: str, owner: str | None) -> Path:
+def _poll(engine: Engine, storage: Storage, uid: str, caller: Caller) -> Path:
     """The output zip of a finished task, or the domain error that answers the poll (one query, no session kept)."""
     with engine.connect() as connection:
         row = crud.poll(connection, uid=uid)
-    if row is None or row.deleted or (owner is not None and row.owner != owner):
+    if row is None or row.deleted or not caller.sees(row.owner):
         raise TaskNotFound(f"no task {uid!r}")
     if row.status == "finished":
         output = storage.output_path(uid)
@@ -158,33 +159,34 @@ def _poll(engine: Engine, storage: Storage, uid: str, owner: str | None) -> Path
         *TASK_POLL_ANSWERS, 401, ok={"content": {"application/zip": {}}, "description": "the output zip"}
     ),
 )
-async def get_task_output(uid: TaskUid, engine: EngineDep, storage: StorageDep, owner: OwnerDep) -> ZipFileResponse:
+async def get_task_output(uid: TaskUid, engine: EngineDep, storage: StorageDep, caller: CallerDep) -> ZipFileResponse:
     """Poll a task; when it is finished, the answer is its output zip (streamed, no database connection held)."""
-    output = await run_in_threadpool(_poll, engine, storage, uid, owner)
+    output = await run_in_threadpool(_poll, engine, storage, uid, caller)
     return ZipFileResponse(output, media_type="application/zip", filename=f"{uid}.zip")
 
 
 @router.get("/{uid}/status", response_model=TaskOut, responses=answers(*TASK_ANSWERS, 401))
-def get_task_status(uid: TaskUid, session: SessionDep, settings: SettingsDep, owner: OwnerDep) -> TaskOut:
+def get_task_status(uid: TaskUid, session: SessionDep, settings: SettingsDep, caller: CallerDep) -> TaskOut:
     """A task's status, timestamps, queue position, attempt, exit code and error."""
-    task = crud.get_task(session, uid=uid, owner=owner)
+    task = crud.get_task(session, uid=uid, caller=caller)
     return crud_consumers.task_status(session, task, stale_seconds=settings.consumer_stale_seconds)
 
 
 @router.get("/{uid}/logs", response_class=PlainTextResponse, responses=answers(*TASK_ANSWERS, 401))
-def get_task_logs(uid: TaskUid, session: SessionDep, storage: StorageDep, owner: OwnerDep) -> PlainTextResponse:
+def get_task_logs(uid: TaskUid, session: SessionDep, storage: StorageDep, caller: CallerDep) -> PlainTextResponse:
     """What the model container wrote to stdout and stderr (the last MAX_LOG_BYTES of it)."""
-    crud.get_task(session, uid=uid, owner=owner)
+    crud.get_task(session, uid=uid, caller=caller)
     path = storage.log_path(uid)
     text = path.read_bytes().decode(errors="replace") if path.exists() else ""
     return PlainTextResponse(text)
 
 
 @router.delete("/{uid}", responses=answers(*TASK_ANSWERS, 401))
-def delete_task(uid: TaskUid, session: SessionDep, storage: StorageDep, owner: OwnerDep) -> dict[str, str]:
+def delete_task(uid: TaskUid, session: SessionDep, storage: StorageDep, caller: CallerDep) -> dict[str, str]:
     """Cancel a task (a running container is stopped) and delete its data."""
-    task = crud.get_task(session, uid=uid, owner=owner)
+    task = crud.get_task(session, uid=uid, caller=caller)
     crud.cancel_task(session, task)
+    audit.record(session, caller, "task.cancel", uid, status=task.status)
     session.commit()
     storage.remove_task_files(uid)
     return {"detail": "deleted"}
