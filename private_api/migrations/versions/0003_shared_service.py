@@ -5,6 +5,8 @@ Revision ID: 0003
 Revises: 0002
 """
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -15,7 +17,7 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-_TASK_COLUMNS = [
+_TASK_COLUMNS: list[sa.Column[Any]] = [
     sa.Column("model_version", sa.Integer(), nullable=True),
     sa.Column("phase", sa.String(16), nullable=True),
     sa.Column("phase_started_at", UTCDateTime(), nullable=True),
