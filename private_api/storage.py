@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -50,10 +51,22 @@ class Storage:
         """A fresh temp file name on the same file system as the final places (so rename is atomic)."""
         return self.root / "tmp" / f"{uuid.uuid4().hex}.part"
 
-    def clean_temp(self) -> None:
-        """Remove temp files a crashed upload left behind."""
+    def clean_temp(self, idle_seconds: float) -> int:
+        """Remove temp files a crashed upload left behind: those not written to for idle_seconds; how many went.
+
+        A live upload writes to its file at least every UPLOAD_IDLE_TIMEOUT_SECONDS (or is dropped), so another
+        private API instance's uploads on the same DATA_DIR are left alone.
+        """
+        removed = 0
+        cutoff = time.time() - idle_seconds
         for leftover in (self.root / "tmp").glob("*.part"):
-            leftover.unlink(missing_ok=True)
+            try:
+                if leftover.stat().st_mtime < cutoff:
+                    leftover.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
 
     def remove_task_files(self, uid: str) -> None:
         """Delete a task's input, output and log."""
