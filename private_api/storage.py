@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
@@ -36,6 +37,17 @@ class Storage:
     def output_path(self, uid: str) -> Path:
         """The output zip of a task."""
         return self._task_file("outputs", uid, ".zip")
+
+    def staged_output_path(self, uid: str, consumer_id: str, attempt: int) -> Path:
+        """Where one holder's output waits for its finish: only a finish that wins moves it to output_path."""
+        holder = hashlib.sha256(consumer_id.encode()).hexdigest()[:16]
+        return self._task_file("outputs", uid, f".{int(attempt)}-{holder}.staged")
+
+    def remove_staged_outputs(self, uid: str) -> None:
+        """Remove every holder's staged output of a task (those of stale holders never land)."""
+        self._task_file("outputs", uid, "")  # checks the uid
+        for staged in (self.root / "outputs").glob(f"{uid}.*.staged"):
+            staged.unlink(missing_ok=True)
 
     def log_path(self, uid: str) -> Path:
         """The stored container log of a task."""
@@ -72,6 +84,7 @@ class Storage:
         """Delete a task's input, output and log."""
         for path in (self.input_path(uid), self.output_path(uid), self.log_path(uid)):
             path.unlink(missing_ok=True)
+        self.remove_staged_outputs(uid)
 
     def free_bytes(self) -> int:
         """Free bytes on the file system of DATA_DIR."""
