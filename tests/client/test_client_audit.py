@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from inference_client import AuditPage, ForbiddenError, InferenceClient
 from inference_client.cli import main
+from private_api.auth import Caller, current_caller
 from tests.private_api.conftest import TOKEN, LiveServer, live, purge_queues, settings
 from tests.private_api.helpers import make_zip
 
@@ -57,9 +59,7 @@ def test_sdk_and_cli_list_the_audit_trail(
 
 
 def test_a_user_key_gets_forbidden(client: InferenceClient, live: LiveServer) -> None:
-    from private_api.auth import Caller, current_caller
-
-    app = live.server.config.app
+    app: Any = live.server.config.app
     app.dependency_overrides[current_caller] = lambda: Caller(owner="kuser", admin=False, public=True)
     try:
         with pytest.raises(ForbiddenError):
