@@ -66,12 +66,11 @@ def test_sweeper_on_a_read_only_disk_keeps_serving_and_catches_up(
     )
     engine = sa.create_engine(database)
 
-    def row(uid: str) -> sa.Row[tuple[object, object]]:
+    def row(uid: str) -> tuple[object, object]:
         with engine.connect() as connection:
-            found = connection.execute(
-                sa.select(Task.input_removed_at, Task.output_expired_at).where(Task.uid == uid)
-            ).one()
-            return found
+            query = sa.select(Task.input_removed_at, Task.output_expired_at).where(Task.uid == uid)
+            removed, expired = connection.execute(query).one()
+            return removed, expired
 
     files = [disk / "inputs" / "{}.zip", disk / "outputs" / "{}.zip", disk / "logs" / "{}.log"]
     with TestClient(create_app(settings), headers=AUTH) as api:
@@ -100,6 +99,6 @@ def test_sweeper_on_a_read_only_disk_keeps_serving_and_catches_up(
         finally:
             _remount(disk, "rw")
         _wait_for(lambda: not any(Path(str(path).format(uid)).exists() for path in files))
-        _wait_for(lambda: None not in tuple(row(uid)))
+        _wait_for(lambda: None not in row(uid))
         _wait_for(lambda: sweeper.last_error is None)
     engine.dispose()
