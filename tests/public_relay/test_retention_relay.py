@@ -77,7 +77,7 @@ def test_expiry_and_audit_through_the_public_api(stack: tuple[httpx.Client, http
     assert client.delete(f"/api/tasks/{cancelled}").status_code == 200
 
     # The consumer's side, on the private API: claim, upload the output, finish.
-    holder = {"consumer_id": "c1", "attempt": 1}
+    holder: dict[str, str | int] = {"consumer_id": "c1", "attempt": 1}
     assert internal.post(f"/internal/tasks/{uid}/claim", json={"consumer_id": "c1"}).status_code == 200
     assert internal.put(f"/internal/tasks/{uid}/output", params=holder, content=_zip()).status_code == 200
     assert internal.post(f"/internal/tasks/{uid}/finish", json={**holder, "status": "finished"}).status_code == 200
