@@ -6,8 +6,9 @@ Each round (every RETENTION_INTERVAL_SECONDS)
 - removes the output zip and the log of every task that ended OUTPUT_RETENTION_SECONDS ago or more and sets
   tasks.output_expired_at (its poll answers 553 "expired" from its deadline on, swept or not);
 - looks at every file under inputs/, outputs/ and logs/ and removes those no task may keep: of a deleted task (a late
-  upload of a consumer that had not yet heard of the delete), of a task whose file was already swept, or of no task
-  at all (after ORPHAN_GRACE, so a task being stored right now keeps its input).
+  upload of a consumer that had not yet heard of the delete), of a task whose file was already swept, a staged output
+  of a task that ended STAGED_GRACE ago (a holder's upload that lost), or of no task at all (after ORPHAN_GRACE, so a
+  task being stored right now keeps its input).
 
 A column is set only once its file is gone (removed now, or already absent), so a disk that refuses the removal
 leaves the task due for the next round. Every removal tolerates a file already gone and every mark is a
@@ -33,7 +34,16 @@ from private_api.config import Settings
 from private_api.orm import Task, utcnow
 from private_api.storage import Storage
 
-__all__ = ["ORPHAN_GRACE", "Retention", "SweepResult", "Sweeper", "expired_at", "expires_at", "retention_of"]
+__all__ = [
+    "ORPHAN_GRACE",
+    "STAGED_GRACE",
+    "Retention",
+    "SweepResult",
+    "Sweeper",
+    "expired_at",
+    "expires_at",
+    "retention_of",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +51,9 @@ _BATCH = 500
 # A file whose task row does not exist is removed only this long after it was written (the input lands before its
 # row is committed).
 ORPHAN_GRACE = timedelta(hours=1)
-_FOLDERS = {"inputs": ".zip", "outputs": ".zip", "logs": ".log"}
+# A holder's staged output lands just after its finish is committed: one of an ended task goes only this long after.
+STAGED_GRACE = timedelta(minutes=1)
+_FOLDERS = {"inputs": (".zip",), "outputs": (".zip", ".staged"), "logs": (".log",)}
 
 
 @dataclass(frozen=True)
@@ -221,10 +233,10 @@ class Sweeper:
     def _files_on_disk(self) -> dict[str, list[Path]]:
         """Every task file under DATA_DIR, by uid."""
         found: dict[str, list[Path]] = {}
-        for folder, suffix in _FOLDERS.items():
+        for folder, suffixes in _FOLDERS.items():
             for path in (self.storage.root / folder).iterdir():
-                uid = path.name.removesuffix(suffix)
-                if path.name.endswith(suffix) and valid_uid(uid):
+                uid = path.name.split(".", 1)[0]  # `uid.zip`, `uid.log`, `uid.<attempt>-<holder>.staged`
+                if path.name.endswith(suffixes) and valid_uid(uid):
                     found.setdefault(uid, []).append(path)
         return found
 
@@ -239,19 +251,21 @@ class Sweeper:
             return now - written > ORPHAN_GRACE
         if row.deleted:
             return True
+        if path.name.endswith(".staged"):
+            ended = row.status in FINAL_STATES and row.finished_at is not None
+            return ended and now - row.finished_at > STAGED_GRACE
         if path.parent.name == "inputs":
             return row.input_removed_at is not None
         return row.output_expired_at is not None
 
     def _remove_unkept(self, result: SweepResult) -> None:
-        """Remove files of deleted tasks, of tasks already swept, and of no task."""
+        """Remove files of deleted tasks, of tasks already swept, staged outputs that lost, and files of no task."""
         files = self._files_on_disk()
         now = utcnow()
         for uids in _chunks(sorted(files), _BATCH):
             with self.sessions() as session:
-                query = select(Task.uid, Task.deleted, Task.input_removed_at, Task.output_expired_at).where(
-                    Task.uid.in_(uids)
-                )
+                columns = (Task.deleted, Task.status, Task.finished_at, Task.input_removed_at, Task.output_expired_at)
+                query = select(Task.uid, *columns).where(Task.uid.in_(uids))
                 rows = {row.uid: row for row in session.execute(query)}
             for uid in uids:
                 for path in files[uid]:

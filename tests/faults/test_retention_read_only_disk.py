@@ -61,7 +61,8 @@ def test_sweeper_on_a_read_only_disk_keeps_serving_and_catches_up(
         rabbitmq_url=rabbitmq_url,
         outbox_interval_seconds=0.2,
         retention_interval_seconds=0.1,
-        output_retention_seconds=1.0,
+        input_retention_seconds=1.0,  # the finish lands the output: the disk goes read-only just after it
+        output_retention_seconds=2.0,
         min_free_disk_bytes=0,
     )
     engine = sa.create_engine(database)
@@ -81,9 +82,9 @@ def test_sweeper_on_a_read_only_disk_keeps_serving_and_catches_up(
         assert api.post(f"/internal/tasks/{uid}/claim", json={"consumer_id": "c1"}).status_code == 200
         assert api.put(f"/internal/tasks/{uid}/output", params=holder, content=make_zip()).status_code == 200
         assert api.put(f"/internal/tasks/{uid}/logs", params=holder, content=b"log\n").status_code == 200
+        assert api.post(f"/internal/tasks/{uid}/finish", json={**holder, "status": "finished"}).status_code == 200
         _remount(disk, "ro")
         try:
-            assert api.post(f"/internal/tasks/{uid}/finish", json={**holder, "status": "finished"}).status_code == 200
             _wait_for(lambda: "Read-only" in (sweeper.last_error or ""))
             rounds = sweeper.rounds
             _wait_for(lambda: sweeper.rounds >= rounds + 3)

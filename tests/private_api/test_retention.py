@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+from private_api import retention
 from private_api.config import Settings
 from private_api.main import create_app
 from private_api.orm import Task
@@ -142,6 +143,32 @@ def test_a_deleted_tasks_late_files_go_within_a_sweep(settings: Settings) -> Non
         late.write_bytes(make_zip())
         (settings.data_dir / "logs" / f"{uid}.log").write_text("late\n")
         _wait_for(lambda: not any(_files(settings, uid).values()), timeout=INTERVAL * 20 + 5)
+
+
+def test_a_staged_output_that_lost_goes_once_its_task_ended(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _retained(settings, input_retention_seconds=3600)
+    settings = settings.model_copy(update={"retention_interval_seconds": 3600})
+    with _app(settings) as api:
+        add_model(api, "m")
+        ended = _run(api, output=make_zip())
+        running = submit(api, "m")
+        assert api.post(f"/internal/tasks/{running}/claim", json={"consumer_id": "c1"}).status_code == 200
+        holder = {"consumer_id": "c1", "attempt": 1}
+        assert api.put(f"/internal/tasks/{running}/output", params=holder, content=make_zip()).status_code == 200
+        # What the upload of a holder that lost the task leaves when it lands after the winner's finish.
+        lost = settings.data_dir / "outputs" / f"{ended}.1-0123456789abcdef.staged"
+        lost.write_bytes(make_zip())
+        staged = list((settings.data_dir / "outputs").glob(f"{running}.*.staged"))
+        assert len(staged) == 1
+        sweeper: Sweeper = api.app.state.sweeper  # type: ignore[attr-defined]
+        sweeper.sweep()
+        assert lost.exists()  # its task ended only now: a finish may be landing it
+        monkeypatch.setattr(retention, "STAGED_GRACE", timedelta(0))
+        sweeper.sweep()
+        assert not lost.exists() and staged[0].exists()  # the running task's holder keeps its upload
+        assert _files(settings, ended)["output"]
 
 
 def test_files_of_no_task_go_only_after_the_grace(settings: Settings) -> None:
