@@ -82,12 +82,15 @@ def retention_of(settings: Settings) -> Retention:
 def expires_at(
     *, status: str, finished_at: datetime | None, output_expired_at: datetime | None, retention: Retention
 ) -> datetime | None:
-    """When the output and log of an ended task go (or went); None while it has not ended."""
-    if output_expired_at is not None:
-        return output_expired_at
+    """When the output and log of an ended task go (or went); None while it has not ended.
+
+    The deadline, finished_at + OUTPUT_RETENTION_SECONDS, or the moment the sweeper removed them if that came first
+    (a retention made longer later does not bring them back).
+    """
     if status not in FINAL_STATES or finished_at is None:
-        return None
-    return finished_at + retention.output
+        return output_expired_at
+    deadline = finished_at + retention.output
+    return deadline if output_expired_at is None else min(deadline, output_expired_at)
 
 
 def expired_at(
