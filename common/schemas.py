@@ -22,6 +22,8 @@ __all__ = [
     "MAX_OFFSET",
     "MAX_PAGE",
     "MAX_TIMEOUT",
+    "AuditOut",
+    "AuditPage",
     "ErrorOut",
     "ModelIn",
     "ModelLimits",
@@ -229,6 +231,25 @@ class TaskPage(BaseModel):
     """One page of the task list."""
 
     items: list[TaskOut]
+    total: int
+
+
+class AuditOut(BaseModel):
+    """One row of the audit trail: who (key id and name) did what to which target, and when."""
+
+    id: int
+    at: datetime
+    key_id: str | None = Field(description="the API key that made the call (None: internal, or an open service)")
+    key_name: str | None
+    action: str = Field(description="key.create, key.revoke, key.rotate, model.create, model.update, ...")
+    target: str = Field(description="the key id, model human_readable_id or task uid acted on")
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class AuditPage(BaseModel):
+    """One page of the audit trail, newest first."""
+
+    items: list[AuditOut]
     total: int
 
 

@@ -20,9 +20,11 @@ from inference_client.errors import (
     TaskWaitTimeoutError,
     ValidationError,
 )
-from inference_client.results import Model, TaskPage, TaskStatus
+from inference_client.results import AuditEntry, AuditPage, Model, TaskPage, TaskStatus
 
 __all__ = [
+    "AuditEntry",
+    "AuditPage",
     "AuthError",
     "BadRequestError",
     "ConflictError",

@@ -218,6 +218,20 @@ class Cli:
         self.out(page.model_dump(mode="json"), "\n".join(lines))
         return 0
 
+    def audit_list(self) -> int:
+        """`audit list`."""
+        a = self.args
+        page = self.client.list_audit(
+            action=a.audit_action, key_id=a.key_id, target=a.target, limit=a.limit, offset=a.offset
+        )
+        lines = [f"{'AT':<26} {'ACTION':<14} {'TARGET':<34} KEY"]
+        for row in page.items:
+            who = f"{row.key_id or '-'} ({row.key_name})" if row.key_name else (row.key_id or "-")
+            lines.append(f"{row.at.isoformat(timespec='seconds'):<26} {row.action:<14} {row.target:<34} {who}")
+        lines.append(f"{len(page.items)} of {page.total} rows")
+        self.out(page.model_dump(mode="json"), "\n".join(lines))
+        return 0
+
     def dispatch(self) -> int:
         """Run the chosen command."""
         name = self.args.command + (f"_{self.args.action}" if getattr(self.args, "action", None) else "")

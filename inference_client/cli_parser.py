@@ -170,4 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--model")
     listing.add_argument("--limit", type=_positive_int, default=50)
     listing.add_argument("--offset", type=int, default=0)
+
+    audit = commands.add_parser("audit", parents=[common], help="who changed what, and when (admin keys)")
+    audit_commands = audit.add_subparsers(dest="action", metavar="ACTION", required=True)
+    audit_list = audit_commands.add_parser("list", parents=[common], help="list the audit trail, newest first")
+    audit_list.add_argument("--action", dest="audit_action", metavar="ACTION", help="e.g. model.update, task.cancel")
+    audit_list.add_argument("--key-id", help="rows of this API key only")
+    audit_list.add_argument("--target", help="a key id, model id or task uid")
+    audit_list.add_argument("--limit", type=_positive_int, default=50)
+    audit_list.add_argument("--offset", type=int, default=0)
     return parser

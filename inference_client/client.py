@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from common.zips import ZipLimits
+from inference_client.admin import AdminCalls
 from inference_client.downloads import is_zip_path, save_output
 from inference_client.errors import (
     BadRequestError,
@@ -33,7 +34,7 @@ def _query_value(value: Any) -> str:
     return str(value)
 
 
-class InferenceClient(HttpClient):
+class InferenceClient(AdminCalls, HttpClient):
     """Talks to one InferenceServer; use as a context manager or call `close()`."""
 
     # -- models -------------------------------------------------------------------------------------------

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["FINAL_STATES", "Model", "TaskPage", "TaskState", "TaskStatus"]
+__all__ = ["FINAL_STATES", "AuditEntry", "AuditPage", "Model", "TaskPage", "TaskState", "TaskStatus"]
 
 TaskState = Literal["pending", "running", "finished", "failed", "cancelled"]
 FINAL_STATES: frozenset[str] = frozenset({"finished", "failed", "cancelled"})
@@ -55,6 +55,7 @@ class TaskStatus(_Result):
     consumer_id: str | None = None
     input_size: int | None = None
     output_size: int | None = None
+    expires_at: datetime | None = None
 
     @property
     def is_final(self) -> bool:
@@ -66,4 +67,23 @@ class TaskPage(_Result):
     """One page of a task listing."""
 
     items: list[TaskStatus]
+    total: int
+
+
+class AuditEntry(_Result):
+    """One row of the audit trail: who (key id and name) did what to which target, and when."""
+
+    id: int
+    at: datetime
+    action: str
+    target: str
+    key_id: str | None = None
+    key_name: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class AuditPage(_Result):
+    """One page of the audit trail, newest first."""
+
+    items: list[AuditEntry]
     total: int

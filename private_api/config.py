@@ -37,6 +37,11 @@ class Settings(ServiceSettings, ZipSettings):
     infra_backoff_max_seconds: float = Field(default=600.0, ge=0)
     # A consumer whose last heartbeat is older than this is not live (3 x its CONSUMER_HEARTBEAT_SECONDS).
     consumer_stale_seconds: float = Field(default=30.0, gt=0)
+    # Retention: an ended task's input zip goes after INPUT_RETENTION_SECONDS (0: at the sweeper's next round), its
+    # output zip and log after OUTPUT_RETENTION_SECONDS (30 days); the sweeper runs every RETENTION_INTERVAL_SECONDS.
+    input_retention_seconds: float = Field(default=0.0, ge=0)
+    output_retention_seconds: float = Field(default=30 * 24 * 3600.0, gt=0)
+    retention_interval_seconds: float = Field(default=30.0, gt=0)
 
     @property
     def db_url(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, or_, select, update
@@ -14,6 +15,7 @@ from private_api.auth import Caller
 from private_api.errors import ModelExists, ModelNotFound, TaskNotFound
 from private_api.leases import history_of
 from private_api.orm import Model, Task, utcnow
+from private_api.retention import Retention, expires_at
 
 # --- models -----------------------------------------------------------------------------------------------------
 
@@ -115,6 +117,13 @@ def model_exists(session: Session, model_id: int | None) -> bool:
     return model_id is not None and session.get(Model, model_id) is not None
 
 
+def task_expires_at(task: Task, retention: Retention) -> datetime | None:
+    """When an ended task's output zip and log go (or went); None while it has not ended."""
+    return expires_at(
+        status=task.status, finished_at=task.finished_at, output_expired_at=task.output_expired_at, retention=retention
+    )
+
+
 # Built once: constructing a select costs far more than running it, and polling is the hottest call.
 _POLL = (
     select(
@@ -124,6 +133,8 @@ _POLL = (
         Task.error,
         Task.exit_code,
         Task.model_hid,
+        Task.finished_at,
+        Task.output_expired_at,
         Model.id.label("model_exists"),
     )
     .outerjoin(Model, Model.id == Task.model_id)
@@ -148,8 +159,11 @@ def queue_position(session: Session, task: Task) -> int | None:
     return int(ahead or 0) + 1
 
 
-def task_out(task: Task, *, position: int | None = None, waiting_for: str | None = None) -> TaskOut:
-    """The status JSON of a task (`waiting_for`: the kind of consumer a pending task waits for, when none is live)."""
+def task_out(
+    task: Task, *, position: int | None = None, waiting_for: str | None = None, retention: Retention | None = None
+) -> TaskOut:
+    """The status JSON of a task (`waiting_for`: the kind of consumer a pending task waits for, when none is live;
+    `retention`: the settings' retention, which gives an ended task its `expires_at`)."""
     return TaskOut(
         uid=task.uid,
         model=task.model_hid,
@@ -175,8 +189,9 @@ def task_out(task: Task, *, position: int | None = None, waiting_for: str | None
         progress=task.progress,
         progress_message=task.progress_message,
         provenance=json.loads(task.provenance) if task.provenance else None,
-        # TODO(retention): expires_at; TODO(webhooks): webhook (state, attempts, last_error, next_at, delivered_at).
+        # TODO(webhooks): webhook (state, attempts, last_error, next_at, delivered_at).
         callback_url=task.callback_url,
+        expires_at=None if retention is None else task_expires_at(task, retention),
     )
 
 

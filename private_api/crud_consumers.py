@@ -13,6 +13,7 @@ from common.messages import CPU_QUEUE, GPU_QUEUE, queue_for
 from common.schemas import ModelOut, TaskOut
 from private_api import crud
 from private_api.orm import Consumer, Model, Task, utcnow
+from private_api.retention import Retention
 from private_api.schemas import ConsumerHeartbeatIn, ConsumerOut
 
 QUEUES = (GPU_QUEUE, CPU_QUEUE)
@@ -143,13 +144,16 @@ def waiting_for(task: Task, live: dict[str, int]) -> str | None:
     return f"a {_KIND.get(queue, queue)} consumer"
 
 
-def task_status(session: Session, task: Task, *, stale_seconds: float) -> TaskOut:
-    """The status JSON of one task, with its queue position and what it waits for."""
+def task_status(session: Session, task: Task, *, stale_seconds: float, retention: Retention | None = None) -> TaskOut:
+    """The status JSON of one task, with its queue position, what it waits for and when its output expires."""
     live = live_per_queue(session, stale_seconds=stale_seconds) if task.status == "pending" else {}
-    return crud.task_out(task, position=crud.queue_position(session, task), waiting_for=waiting_for(task, live))
+    position = crud.queue_position(session, task)
+    return crud.task_out(task, position=position, waiting_for=waiting_for(task, live), retention=retention)
 
 
-def tasks_out(session: Session, tasks: list[Task], *, stale_seconds: float) -> list[TaskOut]:
+def tasks_out(
+    session: Session, tasks: list[Task], *, stale_seconds: float, retention: Retention | None = None
+) -> list[TaskOut]:
     """The status JSON of a page of tasks (without queue positions)."""
     live = live_per_queue(session, stale_seconds=stale_seconds)
-    return [crud.task_out(t, waiting_for=waiting_for(t, live)) for t in tasks]
+    return [crud.task_out(t, waiting_for=waiting_for(t, live), retention=retention) for t in tasks]

@@ -76,6 +76,16 @@ class NoOutput(ApiError):
     status_code = NO_OUTPUT
 
 
+class OutputExpired(NoOutput):
+    """The task finished, but its output zip is past OUTPUT_RETENTION_SECONDS and was (or is being) removed."""
+
+
+class Forbidden(ApiError):
+    """The caller's key may not make this call (e.g. an admin call with a user key)."""
+
+    status_code = 403
+
+
 class BadUpload(ApiError):
     """The uploaded file is not an acceptable zip."""
 

@@ -16,7 +16,8 @@ from private_api.errors import install_handlers
 from private_api.leases import LeaseRule
 from private_api.orm import utcnow
 from private_api.publisher import Publisher
-from private_api.routes import consumer, consumers, health, models, tasks
+from private_api.retention import Sweeper, retention_of
+from private_api.routes import audit, consumer, consumers, health, models, tasks
 from private_api.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.publisher.start()
         app.state.publisher.wake()
+        app.state.sweeper = Sweeper(
+            sessions=app.state.sessions,
+            storage=app.state.storage,
+            retention=retention_of(settings),
+            interval=settings.retention_interval_seconds,
+        )
+        app.state.sweeper.start()
         log.info("private API ready (database %s)", engine.url.render_as_string(hide_password=True))
         try:
             yield
         finally:
+            app.state.sweeper.stop()
             app.state.publisher.stop()
             engine.dispose()
 
@@ -62,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redirect_slashes=False,
     )
     install_handlers(app)
-    for router in (models.router, tasks.router, consumer.router, consumers.router, health.router):
+    for router in (models.router, tasks.router, audit.router, consumer.router, consumers.router, health.router):
         app.include_router(router)
     app.add_middleware(StripTrailingSlash)
     return app

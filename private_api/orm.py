@@ -91,6 +91,9 @@ class Task(Base):
         Index("ix_tasks_unpublished", "published_at", "status"),
         Index("ix_tasks_owner_id", "owner", "id"),
         Index("ix_tasks_owner_status", "owner", "status"),
+        # The retention sweeper's lookups of due tasks (0004_retention).
+        Index("ix_tasks_input_due", "input_removed_at", "finished_at"),
+        Index("ix_tasks_output_due", "output_expired_at", "finished_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

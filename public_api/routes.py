@@ -21,7 +21,7 @@ from common.openapi import (
     answers,
     zip_form,
 )
-from common.schemas import HID_PATTERN, ModelIn, ModelOut, TaskOut, TaskPage, TaskQuery
+from common.schemas import HID_PATTERN, AuditPage, ModelIn, ModelOut, TaskOut, TaskPage, TaskQuery
 from common.settings import valid_uid
 from public_api.deps import RelayDep
 from public_api.errors import RelayError
@@ -191,7 +191,7 @@ def add_routes(app: FastAPI) -> None:
     _both(app, "GET", "/api/keys", list_keys, (403,), summary="List API keys (admin)")
     _both(app, "DELETE", "/api/keys/{key_id}", revoke_key, (403, 404), summary="Revoke an API key (admin)")
     _both(app, "POST", "/api/keys/{key_id}/rotate", rotate_key, (403, 404), summary="A new secret for a key")
-    _both(app, "GET", "/api/audit", list_audit, (403, 422), summary="The audit trail (admin)")
+    _both(app, "GET", "/api/audit", list_audit, (403, 422), response_model=AuditPage, summary="The audit trail (admin)")
     _both(
         app,
         "POST",

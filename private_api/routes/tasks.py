@@ -26,7 +26,17 @@ from private_api.deps import (
     StorageDep,
     TaskUid,
 )
-from private_api.errors import InvalidRequest, ModelNotFound, NoOutput, QueueFull, TaskFailed, TaskNotFound, TaskPending
+from private_api.errors import (
+    InvalidRequest,
+    ModelNotFound,
+    NoOutput,
+    OutputExpired,
+    QueueFull,
+    TaskFailed,
+    TaskNotFound,
+    TaskPending,
+)
+from private_api.retention import Retention, expired_at, retention_of
 from private_api.routes.uploads import disk_errors, receive_zip
 from private_api.storage import Received, Storage, land
 
@@ -119,7 +129,9 @@ def list_tasks(
 ) -> TaskPage:
     """Tasks, newest first, filtered by status and model."""
     tasks, total = crud.list_tasks(session, status=status, model=model, owner=caller.owner, limit=limit, offset=offset)
-    items = crud_consumers.tasks_out(session, tasks, stale_seconds=settings.consumer_stale_seconds)
+    items = crud_consumers.tasks_out(
+        session, tasks, stale_seconds=settings.consumer_stale_seconds, retention=retention_of(settings)
+    )
     return TaskPage(items=items, total=total)
 
 
@@ -132,13 +144,22 @@ def _log_tail(storage: Storage, uid: str) -> str:
         return log.read().decode(errors="replace")
 
 
-def _poll(engine: Engine, storage: Storage, uid: str, caller: Caller) -> Path:
+def _poll(engine: Engine, storage: Storage, uid: str, caller: Caller, retention: Retention) -> Path:
     """The output zip of a finished task, or the domain error that answers the poll (one query, no session kept)."""
     with engine.connect() as connection:
         row = crud.poll(connection, uid=uid)
     if row is None or row.deleted or not caller.sees(row.owner):
         raise TaskNotFound(f"no task {uid!r}")
     if row.status == "finished":
+        expired = expired_at(
+            status=row.status, finished_at=row.finished_at, output_expired_at=row.output_expired_at, retention=retention
+        )
+        if expired is not None:
+            raise OutputExpired(
+                f"the task's output expired on {expired.isoformat(timespec='seconds')}: outputs are kept "
+                f"{retention.output_seconds:g} s after the task ends (OUTPUT_RETENTION_SECONDS)",
+                expired_at=expired.isoformat(),
+            )
         output = storage.output_path(uid)
         if not output.exists():
             raise NoOutput("the task finished, but its output zip is missing")
@@ -159,9 +180,11 @@ def _poll(engine: Engine, storage: Storage, uid: str, caller: Caller) -> Path:
         *TASK_POLL_ANSWERS, 401, ok={"content": {"application/zip": {}}, "description": "the output zip"}
     ),
 )
-async def get_task_output(uid: TaskUid, engine: EngineDep, storage: StorageDep, caller: CallerDep) -> ZipFileResponse:
+async def get_task_output(
+    uid: TaskUid, engine: EngineDep, storage: StorageDep, settings: SettingsDep, caller: CallerDep
+) -> ZipFileResponse:
     """Poll a task; when it is finished, the answer is its output zip (streamed, no database connection held)."""
-    output = await run_in_threadpool(_poll, engine, storage, uid, caller)
+    output = await run_in_threadpool(_poll, engine, storage, uid, caller, retention_of(settings))
     return ZipFileResponse(output, media_type="application/zip", filename=f"{uid}.zip")
 
 
@@ -169,7 +192,9 @@ async def get_task_output(uid: TaskUid, engine: EngineDep, storage: StorageDep, 
 def get_task_status(uid: TaskUid, session: SessionDep, settings: SettingsDep, caller: CallerDep) -> TaskOut:
     """A task's status, timestamps, queue position, attempt, exit code and error."""
     task = crud.get_task(session, uid=uid, caller=caller)
-    return crud_consumers.task_status(session, task, stale_seconds=settings.consumer_stale_seconds)
+    return crud_consumers.task_status(
+        session, task, stale_seconds=settings.consumer_stale_seconds, retention=retention_of(settings)
+    )
 
 
 @router.get("/{uid}/logs", response_class=PlainTextResponse, responses=answers(*TASK_ANSWERS, 401))
