@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from inference_client.cli_keys import add_keys_parser
+
 __all__ = [
     "ENV_API_KEY",
     "ENV_CA_CERT",
@@ -170,4 +172,5 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--model")
     listing.add_argument("--limit", type=_positive_int, default=50)
     listing.add_argument("--offset", type=int, default=0)
+    add_keys_parser(commands, common)
     return parser

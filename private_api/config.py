@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from common.keys import BootstrapKeys
 from common.settings import ServiceSettings
 from common.zips import ZipSettings
 
@@ -37,6 +38,10 @@ class Settings(ServiceSettings, ZipSettings):
     infra_backoff_max_seconds: float = Field(default=600.0, ge=0)
     # A consumer whose last heartbeat is older than this is not live (3 x its CONSUMER_HEARTBEAT_SECONDS).
     consumer_stale_seconds: float = Field(default=30.0, gt=0)
+    # Bootstrap API keys (comma-separated): they work next to the keys in the database; a task's owner is the
+    # sha256 of such a key (as before keys were in the database, so older tasks stay visible).
+    api_keys: BootstrapKeys = Field(default_factory=list)
+    admin_api_keys: BootstrapKeys = Field(default_factory=list)
 
     @property
     def db_url(self) -> str:

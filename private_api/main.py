@@ -10,13 +10,14 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from common.http import StripTrailingSlash
+from private_api.auth import Keyring
 from private_api.config import Settings, get_settings
 from private_api.db import make_engine, make_sessionmaker, migrate
 from private_api.errors import install_handlers
 from private_api.leases import LeaseRule
 from private_api.orm import utcnow
 from private_api.publisher import Publisher
-from private_api.routes import consumer, consumers, health, models, tasks
+from private_api.routes import consumer, consumers, health, keys, models, tasks
 from private_api.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.storage.clean_temp(idle_seconds=2 * settings.upload_idle_timeout_seconds)
         app.state.engine = engine
         app.state.sessions = make_sessionmaker(engine)
+        app.state.keyring = Keyring(engine, settings)
         # Leases count from this start at the earliest: every holder gets a full lease to check in.
         app.state.lease_rule = LeaseRule(seconds=settings.lease_seconds, since=utcnow())
         app.state.publisher = Publisher(
@@ -62,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redirect_slashes=False,
     )
     install_handlers(app)
-    for router in (models.router, tasks.router, consumer.router, consumers.router, health.router):
+    for router in (models.router, tasks.router, keys.router, consumer.router, consumers.router, health.router):
         app.include_router(router)
     app.add_middleware(StripTrailingSlash)
     return app
