@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -66,7 +66,7 @@ class Stack:
 
 
 @pytest.fixture
-def make_stack(tmp_path: Path) -> Iterator[object]:
+def make_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
     """A factory of stacks: `make(db_url, **private_settings)`."""
     started: list[tuple[ThreadServer, ThreadServer, httpx.Client]] = []
 
@@ -74,12 +74,12 @@ def make_stack(tmp_path: Path) -> Iterator[object]:
         data = tmp_path / f"data{len(started)}"
         env = {"INTERNAL_TOKEN": TOKEN, "DATA_DIR": str(data), "DATABASE_URL": db_url}
         broker = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"
-        settings = PrivateSettings(
-            internal_token=TOKEN, data_dir=data, database_url=db_url, rabbitmq_url=broker, **private
+        settings = PrivateSettings.model_validate(
+            {"internal_token": TOKEN, "data_dir": data, "database_url": db_url, "rabbitmq_url": broker, **private}
         )
         private_server = ThreadServer(create_private(settings)).start()
-        public_settings = PublicSettings(
-            internal_token=TOKEN, private_api_url=private_server.url, allow_public_post_model="1"
+        public_settings = PublicSettings.model_validate(
+            {"internal_token": TOKEN, "private_api_url": private_server.url, "allow_public_post_model": "1"}
         )
         public_server = ThreadServer(create_public(public_settings)).start()
         client = httpx.Client(base_url=public_server.url, timeout=30)
@@ -105,8 +105,8 @@ def _add_model(stack: Stack, secret: str, hid: str = "keys-m") -> httpx.Response
     return stack.public.post("/api/models/", params=params, headers=_bearer(secret))
 
 
-def test_keys_created_used_rotated_revoked_expired(make_stack, db_url: str):  # type: ignore[no-untyped-def]
-    stack: Stack = make_stack(db_url, api_keys=BOOT_USER, admin_api_keys=BOOT_ADMIN)
+def test_keys_created_used_rotated_revoked_expired(make_stack: Callable[..., Stack], db_url: str) -> None:
+    stack = make_stack(db_url, api_keys=BOOT_USER, admin_api_keys=BOOT_ADMIN)
     public = stack.public
     assert _add_model(stack, BOOT_USER).status_code == 403  # the private API decides who is an admin
     assert _add_model(stack, BOOT_ADMIN).status_code == 200
@@ -172,8 +172,10 @@ def _host_keys(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
 
 
-def test_open_service_until_the_first_key_from_the_host(make_stack, tmp_path: Path, capsys):  # type: ignore[no-untyped-def]
-    stack: Stack = make_stack(f"sqlite:///{tmp_path / 'open.sqlite3'}")
+def test_open_service_until_the_first_key_from_the_host(
+    make_stack: Callable[..., Stack], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack = make_stack(f"sqlite:///{tmp_path / 'open.sqlite3'}")
     public = stack.public
     assert public.get("/api/models/").status_code == 200
     assert public.post("/api/models/", params={"container_tag": "busybox", "human_readable_id": "keys-m"}).is_success
