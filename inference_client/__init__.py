@@ -20,9 +20,11 @@ from inference_client.errors import (
     TaskWaitTimeoutError,
     ValidationError,
 )
+from inference_client.keys import ApiKey
 from inference_client.results import AuditEntry, AuditPage, Model, TaskPage, TaskStatus
 
 __all__ = [
+    "ApiKey",
     "AuditEntry",
     "AuditPage",
     "AuthError",

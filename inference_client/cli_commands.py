@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from inference_client.cli_keys import KeysCommands
 from inference_client.cli_parser import UsageError
 from inference_client.client import InferenceClient, is_zip_path
 from inference_client.errors import EXIT_CODES
@@ -18,7 +19,7 @@ from inference_client.results import Model, TaskStatus
 __all__ = ["Cli"]
 
 
-class Cli:
+class Cli(KeysCommands):
     """One CLI invocation: the parsed arguments, the client, and how to print."""
 
     def __init__(self, args: argparse.Namespace, client: InferenceClient) -> None:

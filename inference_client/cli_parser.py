@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from inference_client.cli_keys import add_keys_parser
+
 __all__ = [
     "ENV_API_KEY",
     "ENV_CA_CERT",
@@ -179,4 +181,5 @@ def build_parser() -> argparse.ArgumentParser:
     audit_list.add_argument("--target", help="a key id, model id or task uid")
     audit_list.add_argument("--limit", type=_positive_int, default=50)
     audit_list.add_argument("--offset", type=int, default=0)
+    add_keys_parser(commands, common)
     return parser

@@ -17,7 +17,8 @@ from inference_client.errors import (
     NotOfferedError,
     TaskFailedError,
 )
-from inference_client.http import DEFAULT_TIMEOUT, HttpClient
+from inference_client.http import DEFAULT_TIMEOUT
+from inference_client.keys import KeysApi
 from inference_client.results import Model, TaskPage, TaskStatus
 from inference_client.uploads import Body, InputSource, ProgressCallback, input_body, model_zip_body
 from inference_client.waiting import wait_until_final
@@ -34,7 +35,7 @@ def _query_value(value: Any) -> str:
     return str(value)
 
 
-class InferenceClient(AdminCalls, HttpClient):
+class InferenceClient(AdminCalls, KeysApi):
     """Talks to one InferenceServer; use as a context manager or call `close()`."""
 
     # -- models -------------------------------------------------------------------------------------------

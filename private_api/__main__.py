@@ -1,6 +1,8 @@
-"""`python -m private_api`: serve the private API with uvicorn on HOST:PORT."""
+"""`python -m private_api`: serve the private API on HOST:PORT; `python -m private_api keys ...`: manage API keys."""
 
 from __future__ import annotations
+
+import sys
 
 from common.serving import serve
 from common.settings import configure_logging, settings_or_exit
@@ -24,4 +26,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["keys"]:
+        from private_api.keys_cli import main as keys_main
+
+        sys.exit(keys_main(sys.argv[2:]))
     main()

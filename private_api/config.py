@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from common.keys import BootstrapKeys
 from common.settings import ServiceSettings
 from common.zips import ZipSettings
 
@@ -42,6 +43,10 @@ class Settings(ServiceSettings, ZipSettings):
     input_retention_seconds: float = Field(default=0.0, ge=0)
     output_retention_seconds: float = Field(default=30 * 24 * 3600.0, gt=0)
     retention_interval_seconds: float = Field(default=30.0, gt=0)
+    # Bootstrap API keys (comma-separated): they work next to the keys in the database; a task's owner is the
+    # sha256 of such a key (as before keys were in the database, so older tasks stay visible).
+    api_keys: BootstrapKeys = Field(default_factory=list)
+    admin_api_keys: BootstrapKeys = Field(default_factory=list)
 
     @property
     def db_url(self) -> str:

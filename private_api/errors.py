@@ -136,6 +136,19 @@ class Unauthorized(ApiError):
     status_code = 401
 
 
+class KeyRefused(ApiError):
+    """An API key is missing, unknown, expired or revoked (the relay passes this 401 on; it knows it by its header)."""
+
+    status_code = 401
+    headers: ClassVar[dict[str, str] | None] = {"WWW-Authenticate": "Bearer"}
+
+
+class KeyNotFound(ApiError):
+    """No API key with that id."""
+
+    status_code = 404
+
+
 def as_response(exc: ApiError) -> JSONResponse:
     """The answer for an ApiError: flat JSON {"detail": ..., **extra}."""
     return JSONResponse({"detail": exc.detail, **exc.extra}, status_code=exc.status_code, headers=exc.headers)

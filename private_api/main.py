@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from common.http import StripTrailingSlash
+from private_api.auth import Keyring
 from private_api.config import Settings, get_settings
 from private_api.db import make_engine, make_sessionmaker, migrate
 from private_api.errors import install_handlers
@@ -17,7 +18,7 @@ from private_api.leases import LeaseRule
 from private_api.orm import utcnow
 from private_api.publisher import Publisher
 from private_api.retention import Sweeper, retention_of
-from private_api.routes import audit, consumer, consumers, health, models, tasks
+from private_api.routes import audit, consumer, consumers, health, keys, models, tasks
 from private_api.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.storage.clean_temp(idle_seconds=2 * settings.upload_idle_timeout_seconds)
         app.state.engine = engine
         app.state.sessions = make_sessionmaker(engine)
+        app.state.keyring = Keyring(engine, settings)
         # Leases count from this start at the earliest: every holder gets a full lease to check in.
         app.state.lease_rule = LeaseRule(seconds=settings.lease_seconds, since=utcnow())
         app.state.publisher = Publisher(
@@ -71,7 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redirect_slashes=False,
     )
     install_handlers(app)
-    for router in (models.router, tasks.router, audit.router, consumer.router, consumers.router, health.router):
-        app.include_router(router)
+    routers = (models, tasks, keys, audit, consumer, consumers, health)
+    for router in routers:
+        app.include_router(router.router)
     app.add_middleware(StripTrailingSlash)
     return app

@@ -1,26 +1,21 @@
-"""Optional API keys: who is calling, and may they post models."""
+"""Who is calling: the hash of the caller's API key, which the private API (the one authority on keys) checks."""
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass
 
 from fastapi import Request
 
-from public_api.config import Settings
-from public_api.errors import RelayError
+from common.keys import secret_sha256
 
 __all__ = ["Caller", "authenticate"]
-
-_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
 @dataclass(frozen=True)
 class Caller:
-    """The caller of one request: their owner id (None when keys are off) and whether they are an admin."""
+    """The caller of one request: the hex sha256 of the API key it sent, None without one."""
 
-    owner: str | None
-    admin: bool
+    key_sha256: str | None
 
 
 def _bearer(request: Request) -> str | None:
@@ -32,19 +27,7 @@ def _bearer(request: Request) -> str | None:
     return token.strip()
 
 
-def authenticate(request: Request, settings: Settings) -> Caller:
-    """The caller of this request; 401 when keys are configured and none (or a wrong one) is given."""
-    if not settings.keys_required:
-        return Caller(owner=None, admin=True)
+def authenticate(request: Request) -> Caller:
+    """The caller of this request; only the hash of its key travels on (the key itself is never logged or sent)."""
     token = _bearer(request)
-    if token is None:
-        raise RelayError(401, "an API key is required: send 'Authorization: Bearer <key>'", _CHALLENGE)
-    owner = None
-    # Compare against every key in constant time so timing tells nothing about which prefix matched.
-    for key, key_owner in settings.owner_of_key.items():
-        if hmac.compare_digest(key.encode(), token.encode()):
-            owner = key_owner
-    if owner is None:
-        raise RelayError(401, "the API key is not valid", _CHALLENGE)
-    admin = any(hmac.compare_digest(key.encode(), token.encode()) for key in settings.admin_keys)
-    return Caller(owner=owner, admin=admin)
+    return Caller(key_sha256=secret_sha256(token) if token is not None else None)

@@ -33,8 +33,8 @@ UpstreamDep = Annotated[Upstream, Depends(_upstream)]
 
 
 async def current_caller(request: Request) -> Caller:
-    """Who is calling (401 when keys are on and the key is missing or wrong)."""
-    return authenticate(request, request.app.state.settings)
+    """Who is calling: the hash of the API key sent, if any (the private API decides whether it may)."""
+    return authenticate(request)
 
 
 CallerDep = Annotated[Caller, Depends(current_caller)]
@@ -49,21 +49,21 @@ class Relay:
     settings: Settings
     caller: Caller
 
-    async def send(self, method: str, path: str, *, owned: bool, with_body: bool = False) -> Response:
-        """Relay to `path`; `owned` calls carry the caller's owner id: the private API scopes tasks by it."""
+    async def send(self, method: str, path: str, *, with_body: bool = False) -> Response:
+        """Relay to `path` with the hash of the caller's key: the private API checks it and scopes tasks by it."""
         return await relay(
             self.request,
             upstream=self.upstream,
             settings=self.settings,
             method=method,
             path=path,
-            owner=self.caller.owner if owned else None,
+            key_sha256=self.caller.key_sha256,
             with_body=with_body,
         )
 
 
 async def _relay(request: Request, caller: CallerDep) -> Relay:
-    """The relay for this request (authenticated first), over the app's pooled clients."""
+    """The relay for this request, over the app's pooled clients."""
     state = request.app.state
     return Relay(request=request, upstream=state.upstream, settings=state.settings, caller=caller)
 

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 # private_api/__main__.py), so the private API never closes a connection just as a request goes out on it. An idle
 # connection the private API did close is noticed (its socket reads EOF) and replaced before it is used.
 KEEPALIVE_EXPIRY = 60.0
-# Request headers a client may pass on; everything else (X-Internal-Token, X-Owner, cookies...) is dropped.
+# Request headers a client may pass on; everything else (X-Internal-Token, X-Owner, Authorization, cookies...) is
+# dropped: the private API gets the hash of the caller's key instead.
 _FORWARD_REQUEST = ("accept", "user-agent", "x-request-id")
 # Passed on only with the body they describe: a GET or DELETE that declares one is relayed without it.
 _FORWARD_BODY = ("content-type", "content-length")
@@ -102,14 +103,16 @@ def _client(settings: Settings, max_connections: int) -> httpx.AsyncClient:
     )
 
 
-def _request_headers(request: Request, owner: str | None, with_body: bool) -> dict[str, str]:
-    """The headers sent on to the private API: a safe subset of the client's, plus the owner."""
+def _request_headers(request: Request, key_sha256: str | None, with_body: bool) -> dict[str, str]:
+    """The headers sent on to the private API: a safe subset of the client's, the mark of a public call, the key."""
     names = _FORWARD_REQUEST + _FORWARD_BODY if with_body else _FORWARD_REQUEST
     headers = {name: request.headers[name] for name in names if name in request.headers}
     if request.client is not None:
         headers["X-Forwarded-For"] = request.client.host
-    if owner is not None:
-        headers["X-Owner"] = owner
+    # The private API checks the key of every public call (and is open only while no key exists at all).
+    headers["X-Public-Call"] = "1"
+    if key_sha256 is not None:
+        headers["X-Api-Key-Sha256"] = key_sha256
     return headers
 
 
@@ -198,7 +201,7 @@ async def relay(
     settings: Settings,
     method: str,
     path: str,
-    owner: str | None,
+    key_sha256: str | None,
     with_body: bool = False,
 ) -> Response:
     """Send one public call on to the private API and stream its answer back, status code unchanged."""
@@ -207,7 +210,7 @@ async def relay(
     upstream_request = client.build_request(
         method,
         _target(path, request.scope.get("query_string", b"")),
-        headers=_request_headers(request, owner, with_body),
+        headers=_request_headers(request, key_sha256, with_body),
         # Streamed as it arrives: with the caller's Content-Length as is, without one chunked.
         content=upload.chunks() if upload is not None else None,
     )
@@ -228,7 +231,9 @@ async def relay(
             f"the upload sent nothing for {settings.upload_idle_timeout_seconds:g}s and was dropped",
             _CLOSE,
         ) from exc
-    if answer.status_code == 401:
+    # A refused API key comes with a Bearer challenge and is the caller's to see; a 401 without one is the private
+    # API refusing this relay's internal token.
+    if answer.status_code == 401 and "www-authenticate" not in answer.headers:
         await answer.aclose()
         log.error("the private API refused the internal token: INTERNAL_TOKEN differs between the services")
         raise RelayError(502, "the public API is misconfigured (the private API refused it)")

@@ -78,87 +78,85 @@ def _task_path(uid: str, suffix: str = "") -> str:
 
 
 async def post_model(relay: RelayDep, fields: Annotated[ModelIn, Query()]) -> Response:
-    """Register a model: only when ALLOW_PUBLIC_POST_MODEL is on, and with an admin key when keys are on."""
+    """Register a model: only when ALLOW_PUBLIC_POST_MODEL is on, and (the private API checks) with an admin key."""
     if not relay.settings.allow_public_post_model:
         raise RelayError(403, "posting models through the public API is off (ALLOW_PUBLIC_POST_MODEL)")
-    if not relay.caller.admin:
-        raise RelayError(403, "posting models needs an admin API key")
-    return await relay.send("POST", "/api/models/", owned=False, with_body=True)
+    return await relay.send("POST", "/api/models/", with_body=True)
 
 
 async def list_models(relay: RelayDep) -> Response:
     """The list of models."""
-    return await relay.send("GET", "/api/models/", owned=False)
+    return await relay.send("GET", "/api/models/")
 
 
 async def get_model(hid: str, relay: RelayDep) -> Response:
     """One model, with its versions."""
-    return await relay.send("GET", _model_path(hid), owned=True)
+    return await relay.send("GET", _model_path(hid))
 
 
 async def put_model(hid: str, relay: RelayDep, fields: Annotated[ModelIn, Query()]) -> Response:
     """A new version of a model (admin): the same fields as posting it, and optionally a new zip."""
-    return await relay.send("PUT", _model_path(hid), owned=True, with_body=True)
+    return await relay.send("PUT", _model_path(hid), with_body=True)
 
 
 async def delete_model(hid: str, relay: RelayDep) -> Response:
     """Delete a model (admin): 409 while tasks wait for it, unless ?force=true cancels them."""
-    return await relay.send("DELETE", _model_path(hid), owned=True)
+    return await relay.send("DELETE", _model_path(hid))
 
 
 async def list_tasks(relay: RelayDep) -> Response:
     """The caller's own tasks, newest first (admins: ?all=true for everyone's)."""
-    return await relay.send("GET", "/api/tasks/", owned=True)
+    return await relay.send("GET", "/api/tasks/")
 
 
 async def post_key(relay: RelayDep) -> Response:
     """Make an API key (admin); the answer holds its secret, once."""
-    return await relay.send("POST", "/api/keys/", owned=True, with_body=True)
+    return await relay.send("POST", "/api/keys/", with_body=True)
 
 
 async def list_keys(relay: RelayDep) -> Response:
     """The API keys, without their secrets (admin)."""
-    return await relay.send("GET", "/api/keys/", owned=True)
+    return await relay.send("GET", "/api/keys/")
 
 
 async def revoke_key(key_id: str, relay: RelayDep) -> Response:
     """Revoke an API key (admin): it answers 401 from now on."""
-    return await relay.send("DELETE", _key_path(key_id), owned=True)
+    return await relay.send("DELETE", _key_path(key_id))
 
 
 async def rotate_key(key_id: str, relay: RelayDep) -> Response:
     """A new secret for the same key (admin): its tasks stay its own."""
-    return await relay.send("POST", _key_path(key_id, "/rotate"), owned=True)
+    return await relay.send("POST", _key_path(key_id, "/rotate"))
 
 
 async def list_audit(relay: RelayDep) -> Response:
     """Who created, changed, deleted or cancelled what, newest first (admin)."""
-    return await relay.send("GET", "/api/audit/", owned=True)
+    return await relay.send("GET", "/api/audit/")
 
 
 async def post_task(relay: RelayDep, model: Annotated[TaskQuery, Query()]) -> Response:
     """Post an input zip for a model; the answer is the task uid as a JSON string."""
-    return await relay.send("POST", "/api/tasks/", owned=True, with_body=True)
+    return await relay.send("POST", "/api/tasks/", with_body=True)
 
 
 async def get_task(uid: str, relay: RelayDep) -> Response:
     """The output zip (streamed), or 551/552/553/554/550 as SPEC says."""
-    return await relay.send("GET", _task_path(uid), owned=True)
+    return await relay.send("GET", _task_path(uid))
 
 
 async def delete_task(uid: str, relay: RelayDep) -> Response:
     """Cancel a task (a running container is stopped) and delete its data."""
-    return await relay.send("DELETE", _task_path(uid), owned=True)
+    return await relay.send("DELETE", _task_path(uid))
 
 
 async def task_status(uid: str, relay: RelayDep) -> Response:
     """Status, model, timestamps, queue position, attempt, exit code, error."""
-    return await relay.send("GET", _task_path(uid, "/status"), owned=True)
+    return await relay.send("GET", _task_path(uid, "/status"))
 
 
 async def task_logs(uid: str, relay: RelayDep) -> Response:
     """The model container's stdout/stderr (bounded)."""
-    return await relay.send("GET", _task_path(uid, "/logs"), owned=True)
+    return await relay.send("GET", _task_path(uid, "/logs"))
 
 
 def add_routes(app: FastAPI) -> None:

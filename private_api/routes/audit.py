@@ -9,9 +9,8 @@ from fastapi import APIRouter, Query
 from common.openapi import answers
 from common.schemas import MAX_OFFSET, MAX_PAGE, AuditPage
 from private_api import crud_audit
-from private_api.auth import CallerDep
+from private_api.auth import AdminDep
 from private_api.deps import InternalAuth, SessionDep
-from private_api.errors import Forbidden
 
 router = APIRouter(prefix="/api/audit", tags=["audit"], dependencies=[InternalAuth])
 
@@ -19,7 +18,7 @@ router = APIRouter(prefix="/api/audit", tags=["audit"], dependencies=[InternalAu
 @router.get("", response_model=AuditPage, responses=answers(401, 403, 422))
 def list_audit(
     session: SessionDep,
-    caller: CallerDep,
+    _admin: AdminDep,
     action: Annotated[str | None, Query(max_length=64, description="e.g. model.update, task.cancel")] = None,
     key_id: Annotated[str | None, Query(max_length=128, description="rows of this API key only")] = None,
     target: Annotated[str | None, Query(max_length=256, description="a key id, model id or task uid")] = None,
@@ -27,8 +26,6 @@ def list_audit(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> AuditPage:
     """Audit rows, newest first, filtered by action, key and target."""
-    if not caller.admin:
-        raise Forbidden("the audit trail is for admin keys only")
     rows, total = crud_audit.list_audit(
         session, action=action, key_id=key_id, target=target, limit=limit, offset=offset
     )

@@ -11,13 +11,13 @@ from starlette.concurrency import run_in_threadpool
 from common.openapi import MODEL_POST_ANSWERS, answers, zip_form
 from common.schemas import ModelIn, ModelOut, ModelUpdate
 from private_api import audit, crud, crud_consumers
-from private_api.auth import Caller, CallerDep
+from private_api.auth import AdminDep, Authenticated, Caller
 from private_api.deps import InternalAuth, SessionDep, SessionsDep, SettingsDep, StorageDep
 from private_api.errors import InvalidRequest, ModelExists
 from private_api.routes.uploads import disk_errors, receive_zip
 from private_api.storage import Received, Storage, land
 
-router = APIRouter(prefix="/api/models", tags=["models"], dependencies=[InternalAuth])
+router = APIRouter(prefix="/api/models", tags=["models"], dependencies=[InternalAuth, Authenticated])
 
 
 def _refuse_taken(sessions: sessionmaker[Session], hid: str) -> None:
@@ -72,7 +72,7 @@ async def create_model(
     sessions: SessionsDep,
     settings: SettingsDep,
     storage: StorageDep,
-    caller: CallerDep,
+    caller: AdminDep,
 ) -> ModelOut:
     """Register a model: a docker image, its run limits and an optional model zip mounted at /model."""
     await run_in_threadpool(_refuse_taken, sessions, model_in.human_readable_id)
@@ -159,7 +159,7 @@ async def update_model(
     sessions: SessionsDep,
     settings: SettingsDep,
     storage: StorageDep,
-    caller: CallerDep,
+    caller: AdminDep,
 ) -> ModelOut:
     """Change a model's fields; a new zip_file replaces its zip, model_available=false removes it."""
     await run_in_threadpool(_check_update, sessions, hid, update, True)
@@ -176,7 +176,7 @@ async def update_model(
 
 
 @router.delete("/{hid}", responses=answers(401, 550))
-def delete_model(hid: str, session: SessionDep, storage: StorageDep, caller: CallerDep) -> dict[str, str]:
+def delete_model(hid: str, session: SessionDep, storage: StorageDep, caller: AdminDep) -> dict[str, str]:
     """Delete a model and its zip; its tasks answer 550 from now on."""
     model = crud.get_model(session, hid=hid)
     zip_path = storage.model_zip_path(model.id, model.zip_sha256) if model.zip_sha256 else None

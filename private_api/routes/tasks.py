@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from common.openapi import TASK_ANSWERS, TASK_POLL_ANSWERS, TASK_POST_ANSWERS, answers, zip_form
 from common.schemas import HID_PATTERN, MAX_OFFSET, MAX_PAGE, TaskOut, TaskPage, TaskStatus
 from private_api import audit, crud, crud_consumers
-from private_api.auth import Caller, CallerDep
+from private_api.auth import Authenticated, Caller, CallerDep
 from private_api.deps import (
     EngineDep,
     InternalAuth,
@@ -40,7 +40,7 @@ from private_api.retention import Retention, expired_at, retention_of
 from private_api.routes.uploads import disk_errors, receive_zip
 from private_api.storage import Received, Storage, land
 
-router = APIRouter(prefix="/api/tasks", tags=["tasks"], dependencies=[InternalAuth])
+router = APIRouter(prefix="/api/tasks", tags=["tasks"], dependencies=[InternalAuth, Authenticated])
 
 LOG_TAIL_BYTES = 4000
 

@@ -172,17 +172,25 @@ def stack(
         )  # fmt: skip
         services.append(private)
         private.wait_healthy()
+        # Keys are the private API's: the locked public API has a private API of its own, with bootstrap keys.
+        private_locked = Service(
+            "private_api",
+            {"DATA_DIR": str(root / "data-locked"), "DATABASE_URL": "", "RABBITMQ_URL": broker,
+             "INTERNAL_TOKEN": TOKEN, "API_KEYS": API_KEY, "ADMIN_API_KEYS": ADMIN_KEY},
+            root / "private-locked.log",
+            _free_port(),
+        )  # fmt: skip
+        services.append(private_locked)
+        private_locked.wait_healthy()
         public = Service(
             "public_api",
-            {"PRIVATE_API_URL": private.url, "INTERNAL_TOKEN": TOKEN, "ALLOW_PUBLIC_POST_MODEL": "true",
-             "API_KEYS": "", "ADMIN_API_KEYS": ""},
+            {"PRIVATE_API_URL": private.url, "INTERNAL_TOKEN": TOKEN, "ALLOW_PUBLIC_POST_MODEL": "true"},
             root / "public.log",
             _free_port(),
         )  # fmt: skip
         locked = Service(
             "public_api",
-            {"PRIVATE_API_URL": private.url, "INTERNAL_TOKEN": TOKEN, "ALLOW_PUBLIC_POST_MODEL": "false",
-             "API_KEYS": API_KEY, "ADMIN_API_KEYS": ADMIN_KEY},
+            {"PRIVATE_API_URL": private_locked.url, "INTERNAL_TOKEN": TOKEN, "ALLOW_PUBLIC_POST_MODEL": "false"},
             root / "locked.log",
             _free_port(),
         )  # fmt: skip
