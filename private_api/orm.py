@@ -91,6 +91,7 @@ class Task(Base):
         Index("ix_tasks_unpublished", "published_at", "status"),
         Index("ix_tasks_owner_id", "owner", "id"),
         Index("ix_tasks_owner_status", "owner", "status"),
+        Index("ix_tasks_owner_started", "owner", "started_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -123,6 +124,8 @@ class Task(Base):
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # JSON list of what happened to earlier attempts: {"attempt", "consumer", "reason", "infrastructure", "at"}.
     history: Mapped[str] = mapped_column(Text, default="[]")
+    # The uid of the task whose queue message this attempt was claimed with (fair order may hand out another).
+    claimed_for: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # The model version current when the task was submitted (None for tasks older than versions).
     model_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # What the holder does now (preparing, running, uploading), since when, and how far the model says it is.
