@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 # connection the private API did close is noticed (its socket reads EOF) and replaced before it is used.
 KEEPALIVE_EXPIRY = 60.0
 # Request headers a client may pass on; everything else (X-Internal-Token, X-Owner, cookies...) is dropped.
-_FORWARD_REQUEST = ("accept", "user-agent", "x-request-id")
+_FORWARD_REQUEST = ("accept", "user-agent", "x-request-id", "idempotency-key")
 # Passed on only with the body they describe: a GET or DELETE that declares one is relayed without it.
 _FORWARD_BODY = ("content-type", "content-length")
 # Hop-by-hop headers, and those the public API's own server sets again.
