@@ -24,6 +24,8 @@ from private_api.auth import Caller, current_caller
 from private_api.config import Settings
 from private_api.main import create_app
 from private_api.orm import ApiKey, IdempotencyKey, Task, utcnow
+from private_api.receiving import Received
+from private_api.routes.tasks import _store
 from tests.private_api.conftest import AUTH, LiveServer
 from tests.private_api.helpers import add_model, make_zip
 
@@ -267,3 +269,20 @@ def test_the_same_key_after_a_dropped_answer_and_concurrently_makes_one_task(fai
         assert len(answers) == 3 and len(set(answers)) == 1
         assert client.get("/api/tasks", headers=_as(KEY_B)).json()["total"] == 1
     assert len(list((fair_settings.data_dir / "inputs").iterdir())) == 2
+
+
+def test_the_loser_of_a_race_on_one_key_answers_the_winners_uid(fair: TestClient, fair_settings: Settings) -> None:
+    """Two requests with one key that both passed the check before their bodies: the second to store gets the
+    first's uid, and its own input file is gone."""
+    add_model(fair, "m")
+    storage = fair.app.state.storage  # type: ignore[attr-defined]
+    sessions = fair.app.state.sessions  # type: ignore[attr-defined]
+    caller = Caller(owner=KEY_A)
+    uids = []
+    for uid in ("A" * 32, "B" * 32):
+        temp = storage.temp_path()
+        temp.write_bytes(make_zip())
+        uids.append(_store(sessions, storage, uid, "m", caller, Received(temp, temp.stat().st_size, "0" * 64), "race"))
+    assert uids == ["A" * 32, "A" * 32]
+    assert [p.name for p in (fair_settings.data_dir / "inputs").iterdir()] == [f"{'A' * 32}.zip"]
+    assert fair.get("/api/tasks", headers=_as(KEY_A)).json()["total"] == 1
