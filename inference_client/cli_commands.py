@@ -129,6 +129,7 @@ class Cli(KeysCommands):
                 source,
                 progress=bar.update,
                 on_busy=lambda s: self.note(f"server busy; retry in {s:.0f} s"),
+                idempotency_key=a.idempotency_key,
             )
         if not (a.wait or a.output):
             self.out({"uid": uid}, uid)
@@ -212,7 +213,7 @@ class Cli(KeysCommands):
     def tasks_list(self) -> int:
         """`tasks list`."""
         a = self.args
-        page = self.client.list_tasks(status=a.status, model=a.model, limit=a.limit, offset=a.offset)
+        page = self.client.list_tasks(status=a.status, model=a.model, limit=a.limit, offset=a.offset, all=a.all)
         lines = [f"{'UID':<44} {'STATUS':<10} {'MODEL':<28} CREATED"]
         lines += [f"{t.uid:<44} {t.status:<10} {t.model or '':<28} {t.created_at or ''}" for t in page.items]
         lines.append(f"{len(page.items)} of {page.total} tasks")

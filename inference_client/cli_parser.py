@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("input", help="a folder (zipped on the fly) or a .zip file")
     submit.add_argument("--wait", action="store_true", help="wait until the task is finished or failed")
     submit.add_argument(
+        "--idempotency-key", help="the same key within 24 h answers the same task uid (default: a new random one)"
+    )
+    submit.add_argument(
         "-o", "--output", help="where the output goes: a folder, or a path ending in .zip (implies --wait)"
     )
     _wait_options(submit)
@@ -167,11 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("-o", "--output", help="a folder (unpacked) or a path ending in .zip (default: UID.zip)")
     get.add_argument("--wait", action="store_true", help="wait for the task to end first")
     _wait_options(get)
-    listing = task_commands.add_parser("list", parents=[common], help="list tasks")
+    listing = task_commands.add_parser("list", parents=[common], help="list your own tasks, newest first")
     listing.add_argument("--status", choices=["pending", "running", "finished", "failed", "cancelled"])
     listing.add_argument("--model")
     listing.add_argument("--limit", type=_positive_int, default=50)
     listing.add_argument("--offset", type=int, default=0)
+    listing.add_argument("--all", action="store_true", help="everyone's tasks (admin keys only)")
 
     audit = commands.add_parser("audit", parents=[common], help="who changed what, and when (admin keys)")
     audit_commands = audit.add_subparsers(dest="action", metavar="ACTION", required=True)

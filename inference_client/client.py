@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -128,12 +129,20 @@ class InferenceClient(AdminCalls, KeysApi):
         *,
         progress: ProgressCallback | None = None,
         on_busy: Callable[[float], None] | None = None,
+        idempotency_key: str | None = None,
     ) -> str:
-        """Post an input (folder, zip path, zip bytes or binary file) for a model; returns the task uid."""
+        """Post an input (folder, zip path, zip bytes or binary file) for a model; returns the task uid.
+
+        Every submission carries an `Idempotency-Key` (a new random one unless given; the same on the SDK's own
+        retries): sent again within 24 h it answers the same uid instead of making a second task.
+        """
         if not model:
             raise BadRequestError("a model's human_readable_id must not be empty")
         body = self.input_body(input)
-        response = self._send_body("POST", "/api/tasks/", {"human_readable_id": model}, body, progress, on_busy)
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        response = self._send_body(
+            "POST", "/api/tasks/", {"human_readable_id": model}, body, progress, on_busy, headers=headers
+        )
         uid = self._json(response)
         if not isinstance(uid, str):
             raise InferenceServerError(f"expected the task uid as a JSON string, got {str(uid)[:200]}")
@@ -154,10 +163,19 @@ class InferenceClient(AdminCalls, KeysApi):
         return self._request("GET", f"/api/tasks/{self._uid(uid)}/logs").text
 
     def list_tasks(
-        self, *, status: str | None = None, model: str | None = None, limit: int = 100, offset: int = 0
+        self,
+        *,
+        status: str | None = None,
+        model: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        all: bool = False,
     ) -> TaskPage:
-        """A page of tasks, newest first, optionally filtered by status and model."""
+        """A page of your own tasks, newest first, optionally filtered by status and model (`all`: everyone's, for
+        admin keys)."""
         params: dict[str, str] = {"limit": str(limit), "offset": str(offset)}
+        if all:
+            params["all"] = "true"
         if status:
             params["status"] = status
         if model:

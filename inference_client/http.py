@@ -166,14 +166,16 @@ class HttpClient:
         body: Body | None,
         progress: ProgressCallback | None,
         on_busy: Callable[[float], None] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Response:
-        """Send a (possibly streamed) body, waiting and resending while the server answers 429/503."""
+        """Send a (possibly streamed) body, waiting and resending while the server answers 429/503 (with the same
+        `headers` each time, e.g. one Idempotency-Key)."""
         deadline = time.monotonic() + self.busy_retry_seconds
         delay = 2.0
         while True:
             try:
                 if body is None:
-                    return self._request(method, path, params=params)
+                    return self._request(method, path, params=params, headers=headers)
                 timeout = self._http.timeout
                 upload_timeout = httpx.Timeout(
                     connect=timeout.connect,
@@ -186,7 +188,7 @@ class HttpClient:
                     path,
                     params=params,
                     content=body.chunks(progress),
-                    headers=body.headers(),
+                    headers={**(headers or {}), **body.headers()},
                     timeout=upload_timeout,
                 )
             except ServerBusyError as exc:

@@ -49,6 +49,8 @@ class Worker:
         self._stop_requested_at: float | None = None
         # Task threads still cleaning up after their message was settled.
         self._cleaning: list[threading.Thread] = []
+        # The uid of the task the current message's claim handed out (fair order may hand out another one).
+        self._running_uid: str | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
 
@@ -146,7 +148,7 @@ class Worker:
                 assert self._stop_requested_at is not None
                 if time.monotonic() - self._stop_requested_at > self.shutdown_grace_seconds:
                     if not control.shutdown.is_set():
-                        log.warning("grace period over: stopping task %s and releasing it", uid)
+                        log.warning("grace period over: stopping task %s and releasing it", self._running_uid or uid)
                     control.shutdown.set()
                     control.abort.set()
                     self.api.abandon.set()
@@ -160,7 +162,8 @@ class Worker:
             self.broker.requeue(delivery)
 
     def _task(self, uid: str, control: TaskControl) -> None:
-        """The task thread: claim, then run what was claimed."""
+        """The task thread: claim with the message's uid, then run the task the claim handed out (its own uid)."""
+        self._running_uid = None
         try:
             claimed = self.api.claim(uid)
         except PrivateApiError as exc:
@@ -171,6 +174,10 @@ class Worker:
             log.info("dropping the message of task %s (%s)", uid, claimed.status or claimed.detail)
             control.on_settled(Settle.ACK)
             return
+        handed = claimed.claim.task.uid
+        if handed != uid:
+            log.info("the message of task %s was handed task %s (fair order across keys)", uid, handed)
+        self._running_uid = handed
         self.results.append(self.runner.run(claimed.claim, control))
 
     def _keep_connection_alive(self, settled: threading.Event) -> None:

@@ -24,6 +24,10 @@ class Settings(ServiceSettings, ZipSettings):
     max_upload_bytes: int = Field(default=20 * 1024**3, gt=0)
     max_log_bytes: int = Field(default=1024 * 1024, gt=0)
     max_queued_tasks: int = Field(default=10_000, gt=0)
+    # Pending tasks a key may have (its max_queued_tasks overrides); past it a submission answers 429.
+    key_max_queued_tasks: int = Field(default=100, gt=0)
+    # A task whose key runs its max_running_tasks already is offered again after this long.
+    key_running_wait_seconds: float = Field(default=5.0, ge=0)
     upload_idle_timeout_seconds: float = Field(default=300.0, gt=0)
     min_free_disk_bytes: int = Field(default=1024**3, ge=0)
 

@@ -239,9 +239,11 @@ def cancel_task(session: Session, task: Task) -> None:
 # --- counts ---------------------------------------------------------------------------------------------------------
 
 
-def count_pending(session: Session) -> int:
-    """How many tasks wait to run."""
+def count_pending(session: Session, *, owner: str | None = None) -> int:
+    """How many tasks wait to run (of this owner, when given)."""
     query = select(func.count()).select_from(Task).where(Task.status == "pending", Task.deleted.is_(False))
+    if owner is not None:
+        query = query.where(Task.owner == owner)
     return int(session.scalar(query) or 0)
 
 

@@ -6,10 +6,11 @@ from collections import Counter
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import or_
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from common.schemas import FINAL_STATES
+from private_api import scheduling
 from private_api.errors import Conflict
 from private_api.leases import (
     InfraPolicy,
@@ -26,12 +27,30 @@ from private_api.leases import (
 )
 from private_api.orm import Model, Task, utcnow
 
+# How often a claim chooses again when another consumer took its choice first.
+_CHOICE_TRIES = 3
 
-def claim_task(
-    session: Session, *, uid: str, consumer_id: str, consumer_name: str | None, rule: LeaseRule, max_attempts: int
-) -> tuple[Task, Model]:
-    """Hand a pending task, or one whose lease expired, to a consumer with the next attempt; else Conflict why not."""
-    task = find(session, uid)
+
+def _held(session: Session, uid: str, consumer_id: str, rule: LeaseRule) -> tuple[Task, Model] | None:
+    """The task this consumer instance holds under a live lease after claiming with the message of `uid`: its own
+    claim again, whose first answer was lost (the task it was handed need not be the one the message named)."""
+    now = utcnow()
+    query = select(Task).where(
+        Task.status == "running",
+        Task.consumer_id == consumer_id,
+        Task.deleted.is_(False),
+        or_(Task.uid == uid, Task.claimed_for == uid),
+    )
+    for task in session.scalars(query.order_by(Task.started_at.desc()).limit(1)):
+        model = session.get(Model, task.model_id) if task.model_id is not None else None
+        if model is not None and not rule.expired(task.heartbeat_at, now):
+            return task, model
+    return None
+
+
+def _claimable(session: Session, task: Task) -> Model:
+    """The task's model when the task may be handed out at all; else Conflict why not (a task whose model is gone
+    fails here)."""
     if task.status in FINAL_STATES:
         raise Conflict(f"task is {task.status}", status=task.status)
     if task.deleted:
@@ -40,13 +59,22 @@ def claim_task(
     if model is None:
         end(session, task, status="failed", reason=f"its model {task.model_hid!r} was deleted")
         raise Conflict("task failed: its model was deleted", status="failed")
+    return model
+
+
+def _take(
+    session: Session,
+    task: Task,
+    model: Model,
+    *,
+    consumer_id: str,
+    consumer_name: str | None,
+    rule: LeaseRule,
+    max_attempts: int,
+    claimed_for: str,
+) -> tuple[Task, Model]:
+    """Start the next attempt of a pending task, or of one whose lease expired (compare-and-set); else Conflict."""
     now = utcnow()
-    if task.status == "pending" and task.not_before is not None and task.not_before > now:
-        raise Conflict(f"task waits until {task.not_before.isoformat()} (backoff)", status="pending")
-    if task.status == "running" and not rule.expired(task.heartbeat_at, now):
-        if task.consumer_id == consumer_id:  # its claim again (the first answer was lost): the same attempt
-            return task, model
-        raise Conflict("task is running on another consumer", status="running")
     history = history_of(task)
     if task.status == "running":  # the holder's lease expired: it is stale from now on
         reason = f"no heartbeat for {rule.seconds:g}s"
@@ -74,6 +102,7 @@ def claim_task(
         error=None,
         not_before=None,
         history=dump(history),
+        claimed_for=claimed_for,
     )
     if not claimed:
         status = status_now(session, task)
@@ -81,6 +110,99 @@ def claim_task(
     session.commit()
     session.refresh(task)
     return task, model
+
+
+def _publish_again(session: Session, task: Task, *, wait_seconds: float) -> None:
+    """Mark a pending task the claim did not hand out for publishing again (after wait_seconds, when given)."""
+    values: dict[str, Any] = {"published_at": None}
+    if wait_seconds > 0:
+        values["not_before"] = utcnow() + timedelta(seconds=wait_seconds)
+    session.execute(
+        update(Task)
+        .where(Task.id == task.id, Task.status == "pending")
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
+def _fresh(session: Session, task_id: int) -> Task | None:
+    return session.scalar(select(Task).where(Task.id == task_id).execution_options(populate_existing=True))
+
+
+def _claim_fairly(
+    session: Session,
+    named: Task,
+    *,
+    wait_seconds: float,
+    **holder: Any,
+) -> tuple[Task, Model]:
+    """Hand out the fairest pending task of the named task's queue (scheduling.py); the named one is published again
+    when another was handed out, and waits `wait_seconds` when its owner runs its maximum already."""
+    named_id, named_owner = named.id, scheduling.owner_key(named.owner)
+    tried: set[int] = set()
+    choice = None
+    for _ in range(_CHOICE_TRIES):
+        choice = scheduling.choose(session, use_gpu=named.use_gpu, now=utcnow(), exclude=tried)
+        if choice.task_id is None or choice.task_id == named_id:
+            break
+        tried.add(choice.task_id)
+        other = _fresh(session, choice.task_id)
+        if other is None:
+            continue
+        try:
+            handed = _take(session, other, _claimable(session, other), **holder)
+        except Conflict:
+            continue  # another consumer took it meanwhile (or it just failed): choose again
+        named_task = _fresh(session, named_id)
+        if named_task is not None:
+            _publish_again(session, named_task, wait_seconds=wait_seconds if named_owner in choice.capped else 0)
+        return handed
+    if choice is not None and named_owner in choice.capped:
+        limit = choice.limits.get(named_owner, 0)
+        _publish_again(session, named, wait_seconds=wait_seconds)
+        raise Conflict(
+            f"its key runs {choice.running.get(named_owner, 0)} tasks, its max_running_tasks ({limit}): it waits",
+            status="pending",
+        )
+    task = _fresh(session, named_id)
+    if task is None:
+        raise Conflict("task changed meanwhile: it is gone", status="unknown")
+    return _take(session, task, _claimable(session, task), **holder)
+
+
+def claim_task(
+    session: Session,
+    *,
+    uid: str,
+    consumer_id: str,
+    consumer_name: str | None,
+    rule: LeaseRule,
+    max_attempts: int,
+    wait_seconds: float = 5.0,
+) -> tuple[Task, Model]:
+    """Hand a consumer the next attempt of a task: for a pending one, the fairest pending task of its queue (maybe
+    another than the message named); a task whose lease expired is taken over; else Conflict why not."""
+    held = _held(session, uid, consumer_id, rule)
+    if held is not None:  # its claim again (the first answer was lost): the same task and attempt
+        return held
+    task = find(session, uid)
+    model = _claimable(session, task)
+    now = utcnow()
+    holder: dict[str, Any] = {
+        "consumer_id": consumer_id,
+        "consumer_name": consumer_name,
+        "rule": rule,
+        "max_attempts": max_attempts,
+        "claimed_for": uid,
+    }
+    if task.status == "pending":
+        if task.not_before is not None and task.not_before > now:
+            raise Conflict(f"task waits until {task.not_before.isoformat()} (backoff)", status="pending")
+        return _claim_fairly(session, task, wait_seconds=wait_seconds, **holder)
+    if task.status == "running" and not rule.expired(task.heartbeat_at, now):
+        raise Conflict("task is running on another consumer", status="running")
+    return _take(session, task, model, **holder)
 
 
 def heartbeat(session: Session, *, uid: str, consumer_id: str, attempt: int) -> str:

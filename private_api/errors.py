@@ -118,6 +118,19 @@ class QueueFull(ApiError):
     headers: ClassVar[dict[str, str] | None] = {"Retry-After": "30"}
 
 
+class QuotaExceeded(ApiError):
+    """The caller's key has its max_queued_tasks pending already; it should come back when some have started."""
+
+    status_code = 429
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "30"}
+
+
+class IdempotencyKeyReused(ApiError):
+    """An Idempotency-Key the caller already used for another model."""
+
+    status_code = 409
+
+
 class InvalidRequest(ApiError):
     """Query fields that do not make sense together."""
 

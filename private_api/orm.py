@@ -94,6 +94,7 @@ class Task(Base):
         # The retention sweeper's lookups of due tasks (0004_retention).
         Index("ix_tasks_input_due", "input_removed_at", "finished_at"),
         Index("ix_tasks_output_due", "output_expired_at", "finished_at"),
+        Index("ix_tasks_owner_started", "owner", "started_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -126,6 +127,8 @@ class Task(Base):
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # JSON list of what happened to earlier attempts: {"attempt", "consumer", "reason", "infrastructure", "at"}.
     history: Mapped[str] = mapped_column(Text, default="[]")
+    # The uid of the task whose queue message this attempt was claimed with (fair order may hand out another).
+    claimed_for: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # The model version current when the task was submitted (None for tasks older than versions).
     model_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # What the holder does now (preparing, running, uploading), since when, and how far the model says it is.

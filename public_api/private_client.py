@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 KEEPALIVE_EXPIRY = 60.0
 # Request headers a client may pass on; everything else (X-Internal-Token, X-Owner, Authorization, cookies...) is
 # dropped: the private API gets the hash of the caller's key instead.
-_FORWARD_REQUEST = ("accept", "user-agent", "x-request-id")
+_FORWARD_REQUEST = ("accept", "user-agent", "x-request-id", "idempotency-key")
 # Passed on only with the body they describe: a GET or DELETE that declares one is relayed without it.
 _FORWARD_BODY = ("content-type", "content-length")
 # Hop-by-hop headers, and those the public API's own server sets again.

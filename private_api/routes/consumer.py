@@ -45,17 +45,27 @@ Attempt = Annotated[int, Query(ge=1, description="the attempt the holder claimed
 
 @router.post("/tasks/{uid}/claim", response_model=ClaimOut)
 def claim(
-    uid: InternalTaskUid, body: ClaimIn, session: SessionDep, settings: SettingsDep, rule: LeaseRuleDep
+    uid: InternalTaskUid,
+    body: ClaimIn,
+    session: SessionDep,
+    settings: SettingsDep,
+    rule: LeaseRuleDep,
+    publisher: PublisherDep,
 ) -> ClaimOut:
-    """Hand the task to this consumer instance with the next attempt number (409 says why not)."""
-    task, model = crud_tasks.claim_task(
-        session,
-        uid=uid,
-        consumer_id=body.consumer_id,
-        consumer_name=body.consumer_name,
-        rule=rule,
-        max_attempts=settings.max_attempts,
-    )
+    """Hand this consumer instance the next attempt of the task, or of a fairer pending task of the same queue (the
+    consumer runs `task.uid` of the answer; the named task is published again); 409 says why not."""
+    try:
+        task, model = crud_tasks.claim_task(
+            session,
+            uid=uid,
+            consumer_id=body.consumer_id,
+            consumer_name=body.consumer_name,
+            rule=rule,
+            max_attempts=settings.max_attempts,
+            wait_seconds=settings.key_running_wait_seconds,
+        )
+    finally:
+        publisher.wake()  # a task the claim did not hand out is published again
     return ClaimOut(task=crud.task_out(task), model=ModelOut.model_validate(model))
 
 

@@ -6,16 +6,18 @@ import secrets
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, PlainTextResponse
 from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from common.openapi import TASK_ANSWERS, TASK_POLL_ANSWERS, TASK_POST_ANSWERS, answers, zip_form
 from common.schemas import HID_PATTERN, MAX_OFFSET, MAX_PAGE, TaskOut, TaskPage, TaskStatus
-from private_api import audit, crud, crud_consumers
+from private_api import audit, crud, crud_consumers, idempotency
 from private_api.auth import Authenticated, Caller, CallerDep
+from private_api.config import Settings
 from private_api.deps import (
     EngineDep,
     InternalAuth,
@@ -27,11 +29,13 @@ from private_api.deps import (
     TaskUid,
 )
 from private_api.errors import (
+    Forbidden,
     InvalidRequest,
     ModelNotFound,
     NoOutput,
     OutputExpired,
     QueueFull,
+    QuotaExceeded,
     TaskFailed,
     TaskNotFound,
     TaskPending,
@@ -51,32 +55,65 @@ class ZipFileResponse(FileResponse):
     chunk_size = 1024 * 1024
 
 
-def _admit(sessions: sessionmaker[Session], hid: str, max_queued: int) -> None:
-    """ModelNotFound or QueueFull before the body is read (a short session: none is held while it streams)."""
+def _admit(
+    sessions: sessionmaker[Session], settings: Settings, hid: str, caller: Caller, key: str | None
+) -> str | None:
+    """Before the body is read (a short session: none is held while it streams): the uid an Idempotency-Key made
+    already, else ModelNotFound, QuotaExceeded (the caller's key) or QueueFull (everyone's), else None."""
     with sessions() as session:
+        if key is not None:
+            idempotency.purge(session)
+            uid = idempotency.replay(session, owner=caller.owner, key=key, hid=hid)
+            if uid is not None:
+                return uid
         crud.get_model(session, hid=hid)
-        if crud.count_pending(session) >= max_queued:
-            raise QueueFull(f"{max_queued} tasks are waiting already; try again later")
+        if caller.owner is not None:  # an open service has no keys, so no quota either
+            limit = caller.max_queued_tasks if caller.max_queued_tasks is not None else settings.key_max_queued_tasks
+            if crud.count_pending(session, owner=caller.owner) >= limit:
+                raise QuotaExceeded(
+                    f"your key has {limit} tasks waiting already, its max_queued_tasks; "
+                    "try again when some have started"
+                )
+        if crud.count_pending(session) >= settings.max_queued_tasks:
+            raise QueueFull(f"{settings.max_queued_tasks} tasks are waiting already; try again later")
+    return None
 
 
 def _store(
-    sessions: sessionmaker[Session], storage: Storage, uid: str, hid: str, caller: Caller, zip_in: Received
-) -> None:
-    """Land the input zip and commit the task row (the file is in place before the row says so)."""
+    sessions: sessionmaker[Session],
+    storage: Storage,
+    uid: str,
+    hid: str,
+    caller: Caller,
+    zip_in: Received,
+    key: str | None,
+) -> str:
+    """Land the input zip and commit the task row (the file is in place before the row says so); the uid answered:
+    another one when a concurrent request with the same Idempotency-Key stored its task first."""
     final = storage.input_path(uid)
     with disk_errors(), sessions() as session:
         model = crud.get_model(session, hid=hid)
         land(zip_in.path, final)
         try:
+            if key is not None:
+                idempotency.remember(session, owner=caller.owner, key=key, uid=uid, hid=hid)
             task = crud.create_task(
                 session, uid=uid, model=model, owner=caller.owner, input_size=zip_in.size, input_sha256=zip_in.sha256
             )
             audit.record(session, caller, "task.create", uid, model=hid, model_version=task.model_version)
             session.commit()
+        except IntegrityError:
+            session.rollback()
+            final.unlink(missing_ok=True)
+            winner = idempotency.replay(session, owner=caller.owner, key=key, hid=hid) if key is not None else None
+            if winner is None:
+                raise
+            return winner
         except BaseException:
             session.rollback()
             final.unlink(missing_ok=True)
             raise
+    return uid
 
 
 def _new_uid() -> str:
@@ -97,6 +134,13 @@ async def create_task(
     caller: CallerDep,
     human_readable_id: Annotated[str | None, Query(pattern=HID_PATTERN)] = None,
     model_human_readable_id: Annotated[str | None, Query(pattern=HID_PATTERN)] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            pattern=idempotency.KEY_PATTERN,
+            description="the same key (per owner, 24 h) answers the same task uid instead of making a second task",
+        ),
+    ] = None,
 ) -> str:
     """Submit a zip of input for a model; answers the new task's uid once it is stored and queued."""
     if human_readable_id and model_human_readable_id and human_readable_id != model_human_readable_id:
@@ -104,13 +148,15 @@ async def create_task(
     hid = human_readable_id or model_human_readable_id
     if not hid:
         raise InvalidRequest("give the model as the query parameter human_readable_id (or model_human_readable_id)")
-    await run_in_threadpool(_admit, sessions, hid, settings.max_queued_tasks)
+    replayed = await run_in_threadpool(_admit, sessions, settings, hid, caller, idempotency_key)
+    if replayed is not None:
+        return replayed  # the body is not read: this key made its task already
     zip_in = await receive_zip(request, storage=storage, settings=settings)
     if zip_in is None:
         raise InvalidRequest("send the input zip as the multipart file field zip_file")
     uid = _new_uid()
     try:
-        await run_in_threadpool(_store, sessions, storage, uid, hid, caller, zip_in)
+        uid = await run_in_threadpool(_store, sessions, storage, uid, hid, caller, zip_in, idempotency_key)
     finally:
         zip_in.path.unlink(missing_ok=True)
     publisher.wake()
@@ -126,9 +172,14 @@ def list_tasks(
     model: str | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    all_tasks: Annotated[bool, Query(alias="all", description="everyone's tasks (admin keys only)")] = False,
 ) -> TaskPage:
-    """Tasks, newest first, filtered by status and model."""
-    tasks, total = crud.list_tasks(session, status=status, model=model, owner=caller.owner, limit=limit, offset=offset)
+    """The caller's own tasks, newest first, filtered by status and model; an admin's `all=true` lists everyone's
+    (tasks made while the service was open, without an owner, only then)."""
+    if all_tasks and not caller.admin:
+        raise Forbidden("listing everyone's tasks (all=true) needs an admin key")
+    owner = None if all_tasks else caller.owner
+    tasks, total = crud.list_tasks(session, status=status, model=model, owner=owner, limit=limit, offset=offset)
     items = crud_consumers.tasks_out(
         session, tasks, stale_seconds=settings.consumer_stale_seconds, retention=retention_of(settings)
     )

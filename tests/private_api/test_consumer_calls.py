@@ -318,7 +318,10 @@ def test_leases_check_says_which_containers_still_have_a_live_holder(api: TestCl
 
 
 def test_consumer_heartbeats_show_in_healthz_models_and_tasks(api: TestClient, settings: Settings) -> None:
-    health = api.get("/healthz").json()
+    # The publisher connects to the broker in its own thread: until it has, /healthz says "degraded".
+    deadline = time.monotonic() + 30
+    while (health := api.get("/healthz").json())["status"] != "ok" and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert health["consumers"] == [] and health["queues"] == {GPU_QUEUE: 0, CPU_QUEUE: 0}
     assert health["warnings"] == []
     add_model(api, "cpu-model", use_gpu=False)
