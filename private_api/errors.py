@@ -120,6 +120,18 @@ class Conflict(ApiError):
     status_code = 409
 
 
+class ModelInUse(ApiError):
+    """The model has pending or running tasks (DELETE without ?force=true)."""
+
+    status_code = 409
+
+
+class Forbidden(ApiError):
+    """The caller's key may not do this (e.g. change models without an admin key)."""
+
+    status_code = 403
+
+
 class Unauthorized(ApiError):
     """Missing or wrong internal token."""
 

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from common.openapi import TASK_ANSWERS, TASK_POLL_ANSWERS, TASK_POST_ANSWERS, answers, zip_form
 from common.schemas import HID_PATTERN, MAX_OFFSET, MAX_PAGE, TaskOut, TaskPage, TaskStatus
-from private_api import audit, crud, crud_consumers
+from private_api import audit, crud, crud_consumers, crud_models, model_zips
 from private_api.auth import Caller, CallerDep
 from private_api.deps import (
     EngineDep,
@@ -44,7 +44,7 @@ class ZipFileResponse(FileResponse):
 def _admit(sessions: sessionmaker[Session], hid: str, max_queued: int) -> None:
     """ModelNotFound or QueueFull before the body is read (a short session: none is held while it streams)."""
     with sessions() as session:
-        crud.get_model(session, hid=hid)
+        crud_models.get_model(session, hid=hid)
         if crud.count_pending(session) >= max_queued:
             raise QueueFull(f"{max_queued} tasks are waiting already; try again later")
 
@@ -55,7 +55,7 @@ def _store(
     """Land the input zip and commit the task row (the file is in place before the row says so)."""
     final = storage.input_path(uid)
     with disk_errors(), sessions() as session:
-        model = crud.get_model(session, hid=hid)
+        model = crud_models.get_model(session, hid=hid)
         land(zip_in.path, final)
         try:
             task = crud.create_task(
@@ -189,4 +189,5 @@ def delete_task(uid: TaskUid, session: SessionDep, storage: StorageDep, caller: 
     audit.record(session, caller, "task.cancel", uid, status=task.status)
     session.commit()
     storage.remove_task_files(uid)
+    model_zips.after_task_end(session, storage, task)
     return {"detail": "deleted"}

@@ -218,9 +218,9 @@ def test_claim_of_unknown_task_is_404_and_deleted_model_fails_task(api: TestClie
     add_model(api, "m")
     uid = submit(api, "m")
     assert api.get(f"/internal/tasks/{uid}/input").status_code == 200
-    api.delete("/api/models/m")
+    api.delete("/api/models/m", params={"force": "true"})  # cancels the pending task
     code, body = _claim(api, uid)
-    assert code == 409 and body["status"] == "failed"
+    assert code == 409 and body["status"] == "cancelled"
 
 
 def test_a_stale_holder_is_refused_every_call_and_changes_nothing(api: TestClient, settings: Settings) -> None:
