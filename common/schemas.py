@@ -28,7 +28,9 @@ __all__ = [
     "ModelIn",
     "ModelLimits",
     "ModelOut",
+    "ModelPut",
     "ModelUpdate",
+    "ModelVersionOut",
     "Paging",
     "ServiceInfo",
     "Size",
@@ -126,6 +128,33 @@ class ModelIn(ModelLimits):
         return ModelLimits(**self.model_dump(include=set(LIMIT_FIELDS)))
 
 
+class ModelPut(ModelLimits):
+    """The query of `PUT /api/models/{human_readable_id}`: a new version with these fields, as posting it would.
+
+    Fields left out get their defaults, as in POST. The zip stays unless a new zip_file is sent or
+    model_available=false removes it.
+    """
+
+    container_tag: str = Field(min_length=1, max_length=512, description="the docker image to run")
+    human_readable_id: str | None = Field(
+        default=None, pattern=HID_PATTERN, description="optional; when given, the same as in the path"
+    )
+    description: str = Field(default="", max_length=10_000, description="free text")
+    model_available: bool | None = Field(
+        default=None, description="false removes the zip; true needs a zip_file or a stored zip"
+    )
+    use_gpu: bool = Field(default=True, description="runs on GPU consumers (default true)")
+
+    @field_validator("container_tag")
+    @classmethod
+    def _tag(cls, value: str) -> str:
+        return check_container_tag(value)
+
+    def fields(self) -> dict[str, object]:
+        """The model's columns this version sets (the zip is decided apart)."""
+        return self.model_dump(exclude={"human_readable_id", "model_available"})
+
+
 class ModelUpdate(BaseModel):
     """The query of changing a model: only the fields given change."""
 
@@ -167,6 +196,33 @@ class Paging(BaseModel):
     offset: int = Field(default=0, ge=0, le=MAX_OFFSET, description="items to skip")
 
 
+class ModelVersionOut(BaseModel):
+    """One version of a model: its fields, its zip, and how many tasks run it."""
+
+    version: int
+    current: bool = Field(description="new tasks run this version")
+    container_tag: str
+    description: str
+    use_gpu: bool
+    model_available: bool
+    zip_sha256: str | None
+    zip_size: int | None
+    zip_stored: bool | None = Field(
+        default=None, description="the zip is still on disk (an old version's zip goes once no task needs it)"
+    )
+    timeout: int
+    mem_limit: str
+    shm_size: str
+    cpus: float
+    network: bool
+    max_output_size: str = DEFAULT_MAX_OUTPUT_SIZE
+    user: str | None = None
+    created_at: datetime
+    created_by: str | None = Field(default=None, description="the id of the API key that made it")
+    tasks: int = Field(default=0, description="tasks that run or ran this version (not deleted ones)")
+    active_tasks: int = Field(default=0, description="of those, the pending and running ones")
+
+
 class ModelOut(BaseModel):
     """A model as the API shows it."""
 
@@ -188,7 +244,9 @@ class ModelOut(BaseModel):
     max_output_size: str = DEFAULT_MAX_OUTPUT_SIZE
     user: str | None = None
     version: int = Field(default=1, description="the current version: new tasks run it")
-    versions: list[dict[str, Any]] | None = Field(default=None, description="every version (GET of one model only)")
+    versions: list[ModelVersionOut] | None = Field(
+        default=None, description="every version, newest first (GET of one model only)"
+    )
     consumers: int = Field(default=0, description="live consumers reading this model's queue")
     warning: str | None = Field(default=None, description="e.g. no live consumer reads its queue")
     created_at: datetime

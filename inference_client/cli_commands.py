@@ -107,10 +107,34 @@ class Cli(KeysCommands):
         return 0
 
     def models_delete(self) -> int:
-        """`models delete`."""
-        self.client.delete_model(self.args.human_readable_id)
+        """`models delete [--force]`."""
         hid = self.args.human_readable_id
-        self.out({"human_readable_id": hid, "deleted": True}, f"deleted model {hid}")
+        cancelled = self.client.delete_model(hid, force=self.args.force)
+        text = f"deleted model {hid}" + (f"; cancelled {len(cancelled)} task(s)" if cancelled else "")
+        self.out({"human_readable_id": hid, "deleted": True, "cancelled": cancelled}, text)
+        return 0
+
+    def models_update(self) -> int:
+        """`models update`: a new version; the options not given stay as they are."""
+        a = self.args
+        if a.model_zip and not Path(a.model_zip).exists():
+            raise UsageError(f"model zip not found: {a.model_zip}")
+        size = Path(a.model_zip).stat().st_size if a.model_zip and Path(a.model_zip).is_file() else None
+        with ByteBar("upload model", total=size, enabled=self.feedback and bool(a.model_zip)) as bar:
+            model = self.client.update_model(
+                a.human_readable_id,
+                model_zip=a.model_zip,
+                progress=bar.update,
+                container_tag=a.container_tag,
+                description=a.description,
+                use_gpu=a.use_gpu,
+                timeout=a.time_limit,
+                mem_limit=a.mem_limit,
+                shm_size=a.shm_size,
+                cpus=a.cpus,
+                network=a.network,
+            )
+        self.out(model.model_dump(mode="json"), f"model {model.human_readable_id} is now version {model.version}")
         return 0
 
     def tasks_submit(self) -> int:

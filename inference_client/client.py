@@ -109,16 +109,26 @@ class InferenceClient(AdminCalls, KeysApi):
         unknown = set(fields) - {"container_tag", *_MODEL_QUERY_FIELDS}
         if unknown:
             raise BadRequestError(f"unknown model fields: {', '.join(sorted(unknown))}")
-        params = {k: _query_value(v) for k, v in fields.items() if v is not None}
+        current = self.get_model(human_readable_id)
+        merged = {name: getattr(current, name, None) for name in ("container_tag", *_MODEL_QUERY_FIELDS)}
+        merged.update({k: v for k, v in fields.items() if v is not None})
+        # PUT sends the whole model (a new version): the fields not given stay as they are now.
+        params = {k: _query_value(v) for k, v in merged.items() if v is not None}
         if model_zip is not None:
             params["model_available"] = "true"
         body = model_zip_body(model_zip) if model_zip is not None else None
         path = f"/api/models/{self._hid(human_readable_id)}"
-        return Model.model_validate(self._json(self._send_body("PATCH", path, params, body, progress)))
+        return Model.model_validate(self._json(self._send_body("PUT", path, params, body, progress)))
 
-    def delete_model(self, human_readable_id: str) -> None:
-        """Delete a model; ModelNotFoundError when unknown."""
-        self._request("DELETE", f"/api/models/{self._hid(human_readable_id)}")
+    def delete_model(self, human_readable_id: str, *, force: bool = False) -> list[str]:
+        """Delete a model (409 ConflictError while tasks wait, unless force cancels them); the cancelled uids."""
+        params = {"force": "true"} if force else None
+        response = self._request("DELETE", f"/api/models/{self._hid(human_readable_id)}", params=params)
+        try:
+            data = response.json()
+        except ValueError:
+            return []
+        return [str(u) for u in data.get("cancelled", [])] if isinstance(data, dict) else []
 
     # -- tasks --------------------------------------------------------------------------------------------
 

@@ -190,8 +190,9 @@ class PrivateApiClient:
         return dest.stat().st_size
 
     def download_model_zip(self, hid: str, dest: Path, *, expected_sha256: str) -> None:
-        """Stream a model's zip to dest and check its sha256 (the zip may have changed since the claim)."""
-        sha256, headers = self._retrying(lambda: self._download_once(f"/internal/models/{hid}/zip", dest))
+        """Stream the zip of the model's version the claim named to dest and check its sha256."""
+        url = f"/internal/models/{hid}/zip" + (f"?sha256={expected_sha256}" if expected_sha256 else "")
+        sha256, headers = self._retrying(lambda: self._download_once(url, dest))
         announced = headers.get("X-Zip-Sha256")
         if sha256 != expected_sha256 or (announced and announced != sha256):
             raise PrivateApiError(

@@ -78,7 +78,10 @@ class Claim(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     task: TaskInfo
-    model: ModelInfo
+    model: ModelInfo  # the version the task runs
+    # Zip sha256s of this model that the private API still needs (current version, other pending/running tasks):
+    # their content stays on this host. Older private APIs do not send it.
+    model_zips_needed: list[str] = Field(default_factory=list)
 
 
 class ClaimOutcome(enum.Enum):

@@ -232,7 +232,7 @@ class TaskRunner:
         held.model_hold = self.workspace.hold_model(model)
         if model_dir is not None and not model_dir.is_dir():
             raise RetryLater(f"the content of model {model.human_readable_id!r} went away while it was taken")
-        for key, _folder in self.workspace.old_model_versions(model):
+        for key, _folder in self.workspace.old_model_versions(model, keep=claim.model_zips_needed):
             self.workspace.remove_model_version(key)
         self._check(control)
         dirs = self.workspace.task_dirs(uid, attempt)

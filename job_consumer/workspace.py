@@ -17,7 +17,7 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -241,17 +241,20 @@ class Workspace:
         log.info("model content %s is ready", key)
         return final
 
-    def old_model_versions(self, model: ModelInfo) -> list[tuple[str, Path]]:
-        """(content key, folder) of this model's content for other zips than the current one."""
+    def old_model_versions(self, model: ModelInfo, *, keep: Iterable[str] = ()) -> list[tuple[str, Path]]:
+        """(content key, folder) of this model's content for zips other than this task's and those in `keep`
+        (sha256s of versions other tasks still need: the private API names them in the claim)."""
         if not self.models_root.is_dir():
             return []
         prefix = f"{model.human_readable_id}-"
+        kept = {sha[:16] for sha in keep}
         return [
             (folder.name, folder)
             for folder in self.models_root.iterdir()
             if folder.name.startswith(prefix)
             and folder.name != model.content_key
             and _OLD_VERSION.match(folder.name[len(prefix) :])
+            and folder.name[len(prefix) :] not in kept
             and folder.is_dir()
         ]
 

@@ -7,77 +7,14 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, or_, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from common.schemas import FINAL_STATES, ModelLimits, TaskOut
+from common.schemas import FINAL_STATES, TaskOut
 from private_api.auth import Caller
-from private_api.errors import ModelExists, ModelNotFound, TaskNotFound
+from private_api.errors import TaskNotFound
 from private_api.leases import history_of
 from private_api.orm import Model, Task, utcnow
 from private_api.retention import Retention, expires_at
-
-# --- models -----------------------------------------------------------------------------------------------------
-
-
-def find_model(session: Session, *, hid: str) -> Model | None:
-    """The model with this human_readable_id, or None."""
-    return session.scalar(select(Model).where(Model.human_readable_id == hid))
-
-
-def get_model(session: Session, *, hid: str) -> Model:
-    """The model with this human_readable_id, or ModelNotFound."""
-    model = find_model(session, hid=hid)
-    if model is None:
-        raise ModelNotFound(f"no model with human_readable_id {hid!r}")
-    return model
-
-
-def list_models(session: Session) -> list[Model]:
-    """All models, oldest first."""
-    return list(session.scalars(select(Model).order_by(Model.id)))
-
-
-def create_model(
-    session: Session,
-    *,
-    hid: str,
-    container_tag: str,
-    description: str,
-    use_gpu: bool,
-    limits: ModelLimits,
-) -> Model:
-    """Insert a model (without its zip); ModelExists when the id is taken."""
-    model = Model(
-        human_readable_id=hid,
-        container_tag=container_tag,
-        description=description,
-        use_gpu=use_gpu,
-        **limits.model_dump(),
-    )
-    session.add(model)
-    try:
-        session.flush()
-    except IntegrityError as exc:
-        session.rollback()
-        raise ModelExists(f"a model with human_readable_id {hid!r} exists already") from exc
-    return model
-
-
-def update_model(session: Session, model: Model, **fields: Any) -> Model:
-    """Change the given fields of a model."""
-    for name, value in fields.items():
-        setattr(model, name, value)
-    model.updated_at = utcnow()
-    session.flush()
-    return model
-
-
-def delete_model(session: Session, model: Model) -> None:
-    """Delete a model; its tasks keep their rows and answer 550 from now on."""
-    session.delete(model)
-    session.flush()
-
 
 # --- tasks, as users see them ------------------------------------------------------------------------------------
 
@@ -85,7 +22,12 @@ def delete_model(session: Session, model: Model) -> None:
 def create_task(
     session: Session, *, uid: str, model: Model, owner: str | None, input_size: int, input_sha256: str
 ) -> Task:
-    """Insert a pending, not yet published task."""
+    """Insert a pending, not yet published task that runs the model's current version.
+
+    The version is read again under a share lock once the row is in (SQLite: inside the write transaction the
+    insert began), so a new version committed meanwhile is the one the task runs, and a new version made after
+    this waits for the commit: an old version's zip is never removed under a task that was about to name it.
+    """
     task = Task(
         uid=uid,
         model_id=model.id,
@@ -101,6 +43,10 @@ def create_task(
     )
     session.add(task)
     session.flush()
+    current = session.scalar(select(Model.version).where(Model.id == model.id).with_for_update(read=True))
+    if current is not None and current != task.model_version:
+        task.model_version = current
+        session.flush()
     return task
 
 

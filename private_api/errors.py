@@ -143,6 +143,12 @@ class Conflict(ApiError):
     status_code = 409
 
 
+class ModelInUse(ApiError):
+    """The model has pending or running tasks (DELETE without ?force=true)."""
+
+    status_code = 409
+
+
 class Unauthorized(ApiError):
     """Missing or wrong internal token."""
 

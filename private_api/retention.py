@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.schemas import FINAL_STATES
 from common.settings import valid_uid
+from private_api import model_zips
 from private_api.config import Settings
 from private_api.orm import Task, utcnow
 from private_api.storage import Storage
@@ -163,7 +164,7 @@ class Sweeper:
     def sweep(self) -> SweepResult:
         """One round; every error is logged and kept in last_error, never raised (the next round tries again)."""
         result = SweepResult()
-        for step in (self._expire_inputs, self._expire_outputs, self._remove_unkept):
+        for step in (self._expire_inputs, self._expire_outputs, self._remove_unkept, self._prune_model_zips):
             try:
                 step(result)
             except Exception as exc:  # the database is away, or the disk: the next round tries again
@@ -180,6 +181,10 @@ class Sweeper:
                 result.files_removed,
             )
         return result
+
+    def _prune_model_zips(self, result: SweepResult) -> None:
+        """Zips of model versions no task needs any more, and of deleted models (missed at their change)."""
+        result.files_removed += model_zips.prune_all(self.sessions, self.storage)
 
     def _unlink(self, path: Path, result: SweepResult) -> bool:
         """Remove a file; True when it is gone (also when it was gone already)."""

@@ -23,7 +23,10 @@ class ClaimOut(BaseModel):
     """What a consumer needs to run a claimed task."""
 
     task: TaskOut
-    model: ModelOut
+    model: ModelOut  # the fields of the version the task runs (model.version), its zip included
+    # The zip sha256s of this model's versions that the current version or pending and running tasks need: the
+    # consumer keeps their content on its host and may remove the rest.
+    model_zips_needed: list[str] = Field(default_factory=list)
 
 
 class HolderIn(BaseModel):

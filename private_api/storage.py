@@ -59,6 +59,15 @@ class Storage:
             raise ValueError("not a sha256")
         return self.root / "models" / f"{int(model_id)}-{sha256}.zip"
 
+    def model_zips(self, model_id: int) -> dict[str, Path]:
+        """The stored zips of a model, by content hash."""
+        prefix = f"{int(model_id)}-"
+        return {
+            path.stem[len(prefix) :]: path
+            for path in (self.root / "models").glob(f"{prefix}*.zip")
+            if path.stem[len(prefix) :].isalnum()
+        }
+
     def temp_path(self) -> Path:
         """A fresh temp file name on the same file system as the final places (so rename is atomic)."""
         return self.root / "tmp" / f"{uuid.uuid4().hex}.part"

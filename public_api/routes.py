@@ -21,7 +21,7 @@ from common.openapi import (
     answers,
     zip_form,
 )
-from common.schemas import HID_PATTERN, AuditPage, ModelIn, ModelOut, TaskOut, TaskPage, TaskQuery
+from common.schemas import HID_PATTERN, AuditPage, ModelIn, ModelOut, ModelPut, TaskOut, TaskPage, TaskQuery
 from common.settings import valid_uid
 from public_api.deps import RelayDep
 from public_api.errors import RelayError
@@ -94,13 +94,23 @@ async def get_model(hid: str, relay: RelayDep) -> Response:
     return await relay.send("GET", _model_path(hid))
 
 
-async def put_model(hid: str, relay: RelayDep, fields: Annotated[ModelIn, Query()]) -> Response:
+def _model_changes_allowed(relay: RelayDep) -> None:
+    """Models change through the public API only where they may be posted through it."""
+    if not relay.settings.allow_public_post_model:
+        raise RelayError(403, "changing models through the public API is off (ALLOW_PUBLIC_POST_MODEL)")
+
+
+async def put_model(hid: str, relay: RelayDep, fields: Annotated[ModelPut, Query()]) -> Response:
     """A new version of a model (admin): the same fields as posting it, and optionally a new zip."""
+    _model_changes_allowed(relay)
     return await relay.send("PUT", _model_path(hid), with_body=True)
 
 
-async def delete_model(hid: str, relay: RelayDep) -> Response:
+async def delete_model(
+    hid: str, relay: RelayDep, force: Annotated[bool, Query(description="cancel its pending and running tasks")] = False
+) -> Response:
     """Delete a model (admin): 409 while tasks wait for it, unless ?force=true cancels them."""
+    _model_changes_allowed(relay)
     return await relay.send("DELETE", _model_path(hid))
 
 

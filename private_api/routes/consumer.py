@@ -16,8 +16,8 @@ from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from common.schemas import ModelOut, size_in_bytes
-from private_api import crud, crud_tasks, leases
+from common.schemas import size_in_bytes
+from private_api import crud, crud_models, crud_tasks, leases, model_zips
 from private_api.deps import (
     InternalAuth,
     InternalTaskUid,
@@ -66,7 +66,11 @@ def claim(
         )
     finally:
         publisher.wake()  # a task the claim did not hand out is published again
-    return ClaimOut(task=crud.task_out(task), model=ModelOut.model_validate(model))
+    return ClaimOut(
+        task=crud.task_out(task),
+        model=crud_models.task_model(session, task, model),
+        model_zips_needed=sorted(crud_models.needed_zips(session, model)),
+    )
 
 
 @router.post("/tasks/{uid}/heartbeat")
@@ -94,23 +98,33 @@ async def get_input(uid: InternalTaskUid, sessions: SessionsDep, storage: Storag
     return ZipFileResponse(path, media_type="application/zip", filename=f"{uid}-input.zip")
 
 
-def _model_zip(sessions: sessionmaker[Session], hid: str) -> tuple[int, str]:
+def _model_zip(sessions: sessionmaker[Session], hid: str, sha256: str | None) -> tuple[int, str]:
+    """The model's id and the sha256 of the zip asked for (the current one without sha256); ModelNotFound if none."""
     with sessions() as session:
-        model = crud.get_model(session, hid=hid)
-        if model.zip_sha256 is None:
-            raise ModelNotFound(f"model {hid!r} has no zip")
-        return model.id, model.zip_sha256
+        model = crud_models.get_model(session, hid=hid)
+        if sha256 is None:
+            if model.zip_sha256 is None:
+                raise ModelNotFound(f"model {hid!r} has no zip")
+            return model.id, model.zip_sha256
+        if not crud_models.has_zip(session, model, sha256):
+            raise ModelNotFound(f"no version of model {hid!r} has the zip {sha256[:16]}")
+        return model.id, sha256
+
+
+ZipSha = Annotated[
+    str | None, Query(pattern="^[0-9a-f]{64}$", description="the zip of the version a task runs (default: current)")
+]
 
 
 @router.get("/models/{hid}/zip", response_class=ZipFileResponse)
-async def get_model_zip(hid: str, sessions: SessionsDep, storage: StorageDep) -> FileResponse:
-    """The model's zip, for /model (streamed with no database connection held)."""
-    model_id, sha256 = await run_in_threadpool(_model_zip, sessions, hid)
-    path = storage.model_zip_path(model_id, sha256)
+async def get_model_zip(hid: str, sessions: SessionsDep, storage: StorageDep, sha256: ZipSha = None) -> FileResponse:
+    """A zip of the model, for /model: that of the version the claim named (streamed, no database connection held)."""
+    model_id, found = await run_in_threadpool(_model_zip, sessions, hid, sha256)
+    path = storage.model_zip_path(model_id, found)
     if not path.exists():
-        raise ModelNotFound(f"the zip of model {hid!r} is gone")
+        raise ModelNotFound(f"the zip {found[:16]} of model {hid!r} is gone")
     response = ZipFileResponse(path, media_type="application/zip", filename=f"{hid}.zip")
-    response.headers["X-Zip-Sha256"] = sha256
+    response.headers["X-Zip-Sha256"] = found
     return response
 
 
@@ -198,7 +212,7 @@ def finish(uid: InternalTaskUid, body: FinishIn, session: SessionDep, storage: S
     """Store the task's final state and land the holder's staged output; the consumer then acknowledges its message."""
     staged = storage.staged_output_path(uid, body.consumer_id, body.attempt)
     size = staged.stat().st_size if body.status == "finished" and staged.exists() else None
-    crud_tasks.finish_task(
+    task = crud_tasks.finish_task(
         session,
         uid=uid,
         consumer_id=body.consumer_id,
@@ -211,12 +225,18 @@ def finish(uid: InternalTaskUid, body: FinishIn, session: SessionDep, storage: S
     if size is not None:
         land(staged, storage.output_path(uid))
     storage.remove_staged_outputs(uid)
+    model_zips.after_task_end(session, storage, task)
     return {"status": body.status}
 
 
 @router.post("/tasks/{uid}/release")
 def release(
-    uid: InternalTaskUid, body: ReleaseIn, session: SessionDep, settings: SettingsDep, publisher: PublisherDep
+    uid: InternalTaskUid,
+    body: ReleaseIn,
+    session: SessionDep,
+    settings: SettingsDep,
+    publisher: PublisherDep,
+    storage: StorageDep,
 ) -> dict[str, str | None]:
     """Give the task back without using up its attempt; the consumer then acknowledges its message."""
     policy = leases.InfraPolicy(
@@ -233,5 +253,7 @@ def release(
         infrastructure=body.infrastructure,
         policy=policy,
     )
+    if task.status == "failed":
+        model_zips.after_task_end(session, storage, task)
     publisher.wake()
     return {"status": task.status, "not_before": task.not_before.isoformat() if task.not_before else None}

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from common.openapi import TASK_ANSWERS, TASK_POLL_ANSWERS, TASK_POST_ANSWERS, answers, zip_form
 from common.schemas import HID_PATTERN, MAX_OFFSET, MAX_PAGE, TaskOut, TaskPage, TaskStatus
-from private_api import audit, crud, crud_consumers, idempotency
+from private_api import audit, crud, crud_consumers, crud_models, idempotency, model_zips
 from private_api.auth import Authenticated, Caller, CallerDep
 from private_api.config import Settings
 from private_api.deps import (
@@ -66,7 +66,7 @@ def _admit(
             uid = idempotency.replay(session, owner=caller.owner, key=key, hid=hid)
             if uid is not None:
                 return uid
-        crud.get_model(session, hid=hid)
+        crud_models.get_model(session, hid=hid)
         if caller.owner is not None:  # an open service has no keys, so no quota either
             limit = caller.max_queued_tasks if caller.max_queued_tasks is not None else settings.key_max_queued_tasks
             if crud.count_pending(session, owner=caller.owner) >= limit:
@@ -92,7 +92,7 @@ def _store(
     another one when a concurrent request with the same Idempotency-Key stored its task first."""
     final = storage.input_path(uid)
     with disk_errors(), sessions() as session:
-        model = crud.get_model(session, hid=hid)
+        model = crud_models.get_model(session, hid=hid)
         land(zip_in.path, final)
         try:
             if key is not None:
@@ -265,4 +265,5 @@ def delete_task(uid: TaskUid, session: SessionDep, storage: StorageDep, caller: 
     audit.record(session, caller, "task.cancel", uid, status=task.status)
     session.commit()
     storage.remove_task_files(uid)
+    model_zips.after_task_end(session, storage, task)
     return {"detail": "deleted"}

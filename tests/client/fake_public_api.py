@@ -149,7 +149,7 @@ class FakeServer:
 
     def _new_task(self, model: dict[str, Any], zip_bytes: bytes) -> FakeTask:
         tag = model["container_tag"]
-        uid = secrets.token_urlsafe(16)
+        uid = "t" + secrets.token_urlsafe(16)  # as the server's: never starting with "-"
         task = FakeTask(uid=uid, model=model["human_readable_id"], input_zip=zip_bytes, states=[])
         if tag.startswith("slow"):
             task.states = ["pending", "running", "running", "running", "finished"]

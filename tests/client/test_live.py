@@ -400,16 +400,18 @@ def test_unknown_model_550_and_deleted_model(
     (tmp_path / "in" / "a.txt").write_text("a")
     code, _, err = cli(stack, capsys, "tasks", "submit", unique("nope"), str(tmp_path / "in"))
     assert code == 5, err
-    # A task whose model is deleted before it finished answers 550 (a finished one keeps serving its output).
+    # A model with a waiting task is deleted only with force, which cancels the task (its status says why).
     hid = add_model(stack, capsys, images, "sleep")
     uid = client.submit(hid, tmp_path / "in")
-    operator.delete_model(hid)
+    with pytest.raises(ConflictError):
+        operator.delete_model(hid)
+    assert operator.delete_model(hid, force=True) == [uid]
     with pytest.raises(ModelNotFoundError):
         operator.get_model(hid)
-    with pytest.raises(ModelNotFoundError):
-        client.download(uid, io.BytesIO())
-    assert cli(stack, capsys, "tasks", "get", uid, "-o", str(tmp_path / "o.zip"))[0] == 5
-    client.cancel(uid)
+    status = client.status(uid)
+    assert status.status == "cancelled" and "deleted" in (status.error or "")
+    code, _, err = cli(stack, capsys, "models", "delete", hid)
+    assert code == 5, err
 
 
 def test_output_missing_553(

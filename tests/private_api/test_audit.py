@@ -48,7 +48,7 @@ def test_each_change_leaves_one_row_newest_first(api: TestClient) -> None:
     by_action = {row["action"]: row for row in page["items"]}
     assert by_action["task.create"]["detail"]["model"] == "m"
     assert "description" in by_action["model.update"]["detail"]["fields"]
-    assert by_action["model.create"]["detail"]["zip"]
+    assert by_action["model.create"]["detail"]["zip_sha256"]
 
 
 def test_paging_and_filters(api: TestClient) -> None:

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, update
 
 from common.messages import CPU_QUEUE, GPU_QUEUE
-from private_api import crud, crud_consumers
+from private_api import crud, crud_consumers, crud_models
 from private_api.config import Settings
 from private_api.main import create_app
 from private_api.orm import Consumer, Model, utcnow
@@ -221,9 +221,9 @@ def test_claim_of_unknown_task_is_404_and_deleted_model_fails_task(api: TestClie
     add_model(api, "m")
     uid = submit(api, "m")
     assert api.get(f"/internal/tasks/{uid}/input").status_code == 200
-    api.delete("/api/models/m")
+    api.delete("/api/models/m", params={"force": "true"})  # cancels the pending task
     code, body = _claim(api, uid)
-    assert code == 409 and body["status"] == "failed"
+    assert code == 409 and body["status"] == "cancelled"
 
 
 def test_a_stale_holder_is_refused_every_call_and_changes_nothing(api: TestClient, settings: Settings) -> None:
@@ -352,7 +352,7 @@ def test_consumer_heartbeats_show_in_healthz_models_and_tasks(api: TestClient, s
     with sessions() as session:
         models = {
             m.human_readable_id: m
-            for m in crud_consumers.models_out(session, crud.list_models(session), stale_seconds=stale)
+            for m in crud_consumers.models_out(session, crud_models.list_models(session), stale_seconds=stale)
         }
         assert (models["cpu-model"].consumers, models["cpu-model"].warning) == (1, None)
         assert models["gpu-model"].consumers == 0

@@ -91,7 +91,8 @@ def test_update_replaces_zip_and_limits(api: TestClient, settings: Settings) -> 
 def test_delete_model_then_its_tasks_answer_550(api: TestClient, settings: Settings) -> None:
     add_model(api, "gone", zip_bytes=make_zip())
     uid = submit(api, "gone")
-    assert api.delete("/api/models/gone").status_code == 200
+    assert api.delete("/api/models/gone").status_code == 409  # a pending task: only ?force=true deletes it
+    assert api.delete("/api/models/gone", params={"force": "true"}).status_code == 200
     assert api.get("/api/models/gone").status_code == 550
     assert api.get(f"/api/tasks/{uid}").status_code == 550
     assert list((settings.data_dir / "models").iterdir()) == []
