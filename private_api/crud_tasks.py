@@ -127,8 +127,13 @@ def finish_task(
     output_size: int | None,
     provenance: dict[str, Any] | None = None,
 ) -> Task:
-    """Store a task's final state as reported by its holder; Conflict for a stale holder."""
+    """Store a task's final state as reported by its holder; Conflict for a stale holder.
+
+    The holder's own repeated finish (its first answer was lost) answers as the first did, changing nothing.
+    """
     task = find(session, uid)
+    if task.status == status and task.consumer_id == consumer_id and task.attempt == attempt:
+        return task
     if not holds(task, consumer_id, attempt):
         raise stale(session, task, consumer_id, attempt)
     history = dump(with_entry(task, status=status, reason=reason, exit_code=exit_code))

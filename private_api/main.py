@@ -33,7 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await run_in_threadpool(migrate, engine)
         app.state.settings = settings
         app.state.storage = Storage(settings.data_dir, min_free_bytes=settings.min_free_disk_bytes)
-        app.state.storage.clean_temp()
+        app.state.storage.clean_temp(idle_seconds=2 * settings.upload_idle_timeout_seconds)
         app.state.engine = engine
         app.state.sessions = make_sessionmaker(engine)
         # Leases count from this start at the earliest: every holder gets a full lease to check in.

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -36,6 +38,17 @@ class Storage:
         """The output zip of a task."""
         return self._task_file("outputs", uid, ".zip")
 
+    def staged_output_path(self, uid: str, consumer_id: str, attempt: int) -> Path:
+        """Where one holder's output waits for its finish: only a finish that wins moves it to output_path."""
+        holder = hashlib.sha256(consumer_id.encode()).hexdigest()[:16]
+        return self._task_file("outputs", uid, f".{int(attempt)}-{holder}.staged")
+
+    def remove_staged_outputs(self, uid: str) -> None:
+        """Remove every holder's staged output of a task (those of stale holders never land)."""
+        self._task_file("outputs", uid, "")  # checks the uid
+        for staged in (self.root / "outputs").glob(f"{uid}.*.staged"):
+            staged.unlink(missing_ok=True)
+
     def log_path(self, uid: str) -> Path:
         """The stored container log of a task."""
         return self._task_file("logs", uid, ".log")
@@ -50,15 +63,28 @@ class Storage:
         """A fresh temp file name on the same file system as the final places (so rename is atomic)."""
         return self.root / "tmp" / f"{uuid.uuid4().hex}.part"
 
-    def clean_temp(self) -> None:
-        """Remove temp files a crashed upload left behind."""
+    def clean_temp(self, idle_seconds: float) -> int:
+        """Remove temp files a crashed upload left behind: those not written to for idle_seconds; how many went.
+
+        A live upload writes to its file at least every UPLOAD_IDLE_TIMEOUT_SECONDS (or is dropped), so another
+        private API instance's uploads on the same DATA_DIR are left alone.
+        """
+        removed = 0
+        cutoff = time.time() - idle_seconds
         for leftover in (self.root / "tmp").glob("*.part"):
-            leftover.unlink(missing_ok=True)
+            try:
+                if leftover.stat().st_mtime < cutoff:
+                    leftover.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
 
     def remove_task_files(self, uid: str) -> None:
         """Delete a task's input, output and log."""
         for path in (self.input_path(uid), self.output_path(uid), self.log_path(uid)):
             path.unlink(missing_ok=True)
+        self.remove_staged_outputs(uid)
 
     def free_bytes(self) -> int:
         """Free bytes on the file system of DATA_DIR."""

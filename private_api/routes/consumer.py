@@ -144,7 +144,11 @@ async def put_output(
     consumer_id: HolderId,
     attempt: Attempt,
 ) -> dict[str, int]:
-    """Store the output zip of a running task (raw application/zip body, streamed; at most max_output_size)."""
+    """Store the output zip of a running task (raw application/zip body, streamed; at most max_output_size).
+
+    It is staged under this holder's name: only this holder's finish, if it wins, makes it the task's output, so a
+    holder that lost the task while uploading can never replace the output of the one that took it over.
+    """
     max_size = await run_in_threadpool(_require_holder, sessions, uid, consumer_id, attempt)
     try:
         received = await receive_body(request, storage.temp_path(), _output_bytes(max_size))
@@ -153,7 +157,7 @@ async def put_output(
     try:
         await run_in_threadpool(_check_output, received.path)
         await run_in_threadpool(_require_holder, sessions, uid, consumer_id, attempt)
-        await run_in_threadpool(land, received.path, storage.output_path(uid))
+        await run_in_threadpool(land, received.path, storage.staged_output_path(uid, consumer_id, attempt))
     finally:
         received.path.unlink(missing_ok=True)
     return {"size": received.size}
@@ -189,9 +193,9 @@ async def put_logs(
 
 @router.post("/tasks/{uid}/finish")
 def finish(uid: InternalTaskUid, body: FinishIn, session: SessionDep, storage: StorageDep) -> dict[str, str]:
-    """Store the task's final state; the consumer acknowledges its message after this answers 200."""
-    output = storage.output_path(uid)
-    size = output.stat().st_size if output.exists() else None
+    """Store the task's final state and land the holder's staged output; the consumer then acknowledges its message."""
+    staged = storage.staged_output_path(uid, body.consumer_id, body.attempt)
+    size = staged.stat().st_size if body.status == "finished" and staged.exists() else None
     crud_tasks.finish_task(
         session,
         uid=uid,
@@ -203,6 +207,9 @@ def finish(uid: InternalTaskUid, body: FinishIn, session: SessionDep, storage: S
         output_size=size,
         provenance=body.provenance,
     )
+    if size is not None:
+        land(staged, storage.output_path(uid))
+    storage.remove_staged_outputs(uid)
     return {"status": body.status}
 
 

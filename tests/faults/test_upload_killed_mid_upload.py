@@ -43,6 +43,8 @@ def _private_api(data_dir: Path, rabbitmq_url: str, port: int) -> Iterator[subpr
         "HOST": "127.0.0.1",
         "PORT": str(port),
         "LOG_LEVEL": "WARNING",
+        # A start removes temp files idle for twice this long (a live upload of another instance is never idle).
+        "UPLOAD_IDLE_TIMEOUT_SECONDS": "1",
     }
     process = subprocess.Popen([sys.executable, "-m", "private_api"], env=env)
     try:
@@ -94,6 +96,7 @@ def test_kill_mid_upload_leaves_no_partial_file(tmp_path: Path, rabbitmq_url: st
             process.send_signal(signal.SIGKILL)  # mid-upload, with part of the file written
             process.wait(timeout=30)
         assert list((data_dir / "tmp").glob("*.part")), "the kill came after the upload ended"
+        time.sleep(2.5)  # the cut upload's file is now idle for longer than two UPLOAD_IDLE_TIMEOUT_SECONDS
 
     with _private_api(data_dir, rabbitmq_url, port), httpx.Client(base_url=url, headers=AUTH, timeout=30) as client:
         uid = kept.json()

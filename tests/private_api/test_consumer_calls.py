@@ -138,7 +138,10 @@ def test_finished_task_serves_its_output(api: TestClient, settings: Settings) ->
     assert status["finished_at"] is not None
     assert [(e["attempt"], e["consumer"], e["status"]) for e in status["history"]] == [(1, "c1", "finished")]
     assert _claim(api, uid, "c9") == (409, {"detail": "task is finished", "status": "finished"})
-    assert _finish(api, uid) == 409
+    assert _finish(api, uid) == 200  # the holder's repeated finish (its answer was lost) changes nothing
+    assert _finish(api, uid, status="failed", reason="late") == 409
+    assert api.get(f"/api/tasks/{uid}").content == output
+    assert _status(api, uid)["history"] == status["history"]
 
 
 def test_finished_without_output_is_553(api: TestClient) -> None:
@@ -247,6 +250,25 @@ def test_a_stale_holder_is_refused_every_call_and_changes_nothing(api: TestClien
     assert not (settings.data_dir / "logs" / f"{uid}.log").exists()
     assert _beat(api, uid, "new", 2) == (200, {"status": "running"})
     assert _finish(api, uid, "new", 2, exit_code=0) == 200
+
+
+def test_an_output_uploaded_by_a_holder_that_lost_the_task_never_becomes_its_output(
+    api: TestClient, settings: Settings
+) -> None:
+    add_model(api, "m")
+    uid = submit(api, "m")
+    _claim(api, uid, "old")
+    stale = make_zip({"result.txt": "from the holder that lost the task"})
+    assert api.put(f"/internal/tasks/{uid}/output", params=_holder("old", 1), content=stale).status_code == 200
+    time.sleep(settings.lease_seconds + 0.5)
+    assert _claim(api, uid, "new")[0] == 200
+    fresh = make_zip({"result.txt": "from the holder that finished it"})
+    assert api.put(f"/internal/tasks/{uid}/output", params=_holder("new", 2), content=fresh).status_code == 200
+    assert _finish(api, uid, "new", 2, exit_code=0) == 200
+    assert api.get(f"/api/tasks/{uid}").content == fresh
+    assert _finish(api, uid, "old", 1, exit_code=0) == 409
+    assert api.get(f"/api/tasks/{uid}").content == fresh
+    assert sorted(p.name for p in (settings.data_dir / "outputs").iterdir()) == [f"{uid}.zip"]
 
 
 def test_infrastructure_releases_back_off_give_the_attempt_back_and_are_bounded(settings: Settings) -> None:

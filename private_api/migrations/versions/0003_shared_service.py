@@ -101,8 +101,8 @@ def upgrade() -> None:
         sa.Column("target", sa.String(256), nullable=False),
         sa.Column("detail", sa.Text(), nullable=False),
     )
-    for column in ("at", "key_id", "action"):
-        op.create_index(f"ix_audit_{column}", "audit", [column])
+    for name in ("at", "key_id", "action"):
+        op.create_index(f"ix_audit_{name}", "audit", [name])
     op.create_table(
         "idempotency",
         sa.Column("id", sa.Integer(), primary_key=True),
