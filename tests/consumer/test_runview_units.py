@@ -8,6 +8,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -211,3 +212,23 @@ def test_provenance_names_what_ran_and_times_each_phase() -> None:
     assert out["timings"]["queued"]["seconds"] == 5.0
     assert all(t["seconds"] >= 0 for t in out["timings"].values())
     assert json.loads(json.dumps(out)) == out
+
+
+def test_without_nvidia_smi_here_the_gpu_is_asked_in_a_probe_container(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi on this PATH
+    asked: list[dict] = []
+
+    class FakeEngine:
+        def run_once(self, kwargs: dict) -> tuple[int, bytes]:
+            asked.append(kwargs)
+            return 0, b"NVIDIA H200, GPU-9, 550.54.15\n"
+
+    engine: Any = FakeEngine()
+    info = query_gpu("GPU-9", engine=engine, probe_image="consumer:1", labels={"inference-server.scope": "s"})
+    assert info == GpuInfo("NVIDIA H200", "GPU-9", "550.54.15")
+    (kwargs,) = asked
+    assert kwargs["image"] == "consumer:1" and kwargs["command"] == GPU_QUERY
+    assert kwargs["labels"]["inference-server.scope"] == "s", "the reaper finds it if the consumer dies meanwhile"
+    assert query_gpu("GPU-9") is None, "no engine, no nvidia-smi: no GPU info (never an error)"
