@@ -37,6 +37,8 @@ class TaskResult:
     outcome: str
     settle: Settle
     phases: dict[str, float] = field(default_factory=dict)
+    # Seconds per phase as the status names them (queued, preparing, running, uploading), as in the provenance.
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def failure_reason(model: ModelInfo, result: RunResult) -> str | None:
@@ -131,6 +133,7 @@ class TaskRunner(Provisioning):
             result.outcome, result.settle = self._release(claim, f"consumer error: {exc!r}", infra=True)
         finally:
             reporter.stop()
+            result.timings = {name: timing["seconds"] for name, timing in record.timings().items()}
             # The message is settled now; the cleanup below runs meanwhile (nothing of it is needed any more).
             control.on_settled(result.settle)
             started = time.monotonic()
