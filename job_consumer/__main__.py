@@ -76,10 +76,12 @@ def build_worker(settings: ConsumerSettings, instance_id: str | None = None) -> 
             pids_limit=settings.pids_limit,
             max_log_bytes=settings.max_log_bytes,
             tmp_size=settings.tmp_size,
+            progress_file=settings.progress_file,
         ),
         scope=scope,
         heartbeat_seconds=settings.heartbeat_seconds,
         on_gpu_error=housekeeping.gpu_failed,
+        gpu_info=lambda: housekeeping.gpu_info,
     )
     return Worker(
         broker=Broker(settings.rabbitmq_url, housekeeping.active_queues()),

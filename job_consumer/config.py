@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from common.settings import ServiceSettings
 from common.zips import ZipSettings
+from job_consumer.sandbox import DEFAULT_PROGRESS_FILE, output_relative
 
 __all__ = ["ConsumerSettings", "load_settings"]
 
@@ -42,6 +43,8 @@ class ConsumerSettings(ServiceSettings, ZipSettings):
     # The tiny container that checks the GPU (a device request for GPU_DEVICE, command `true`).
     gpu_probe_image: str = "busybox"
     tmp_size: str = "1g"
+    # Where models may write their progress (`0.42 message`); a file under /output, passed to them as PROGRESS_FILE.
+    progress_file: str = DEFAULT_PROGRESS_FILE
     # Tells this deployment's containers and task folders from another's on the same engine (compose: the project).
     deployment_name: str = ""
 
@@ -52,6 +55,13 @@ class ConsumerSettings(ServiceSettings, ZipSettings):
         if isinstance(value, str) and not value.strip():
             return None
         return value.strip() if isinstance(value, str) else value
+
+    @field_validator("progress_file")
+    @classmethod
+    def _under_output(cls, value: str) -> str:
+        """PROGRESS_FILE must name a file under /output: the consumer reads it from that mount."""
+        output_relative(value)
+        return value
 
     @field_validator("rabbitmq_url")
     @classmethod

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from dataclasses import dataclass, field
+from typing import Any
 
 import docker
 import docker.errors
@@ -17,67 +15,13 @@ import requests.exceptions
 from docker.models.containers import Container
 from docker.utils import parse_repository_tag
 
+from job_consumer.engine_errors import engine_call, exec_error, gpu_error, host_error
 from job_consumer.errors import DockerUnavailable, GpuUnusable, ModelFailed, RetryLater
 
-__all__ = ["Engine", "RunResult", "gpu_error"]
+__all__ = ["Engine", "ImageRef", "RunResult", "gpu_error"]
 
 log = logging.getLogger(__name__)
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
 _WAIT_STEP_SECONDS = 1.0
-# What the engine says when the GPU, its driver or the NVIDIA runtime cannot be used: the host's problem.
-_GPU_ERRORS = ("could not select device driver", "nvidia", "cuda", "cdi device", "unknown or invalid runtime")
-
-
-# What the engine says when the host, not the model, keeps a container from being made or started.
-_HOST_ERRORS = (
-    "no space left on device",
-    "cgroup",
-    "error mounting",
-    "bind source path",
-    "shim",
-    "device or resource busy",
-    "too many open files",
-)
-
-
-def _host_error(message: str) -> bool:
-    """True when an engine error is about the host (disk, cgroups, mounts, the runtime's shim)."""
-    lowered = message.lower()
-    return any(marker in lowered for marker in _HOST_ERRORS)
-
-
-# What the runtime says when the image's entrypoint cannot be run: the model's problem, whatever the path names
-# (NGC images start /opt/nvidia/nvidia_entrypoint.sh).
-_EXEC_ERRORS = ("executable file not found", "exec format error", "no such file or directory: unknown")
-
-
-def gpu_error(message: str) -> bool:
-    """True when an engine error is about the GPU or its runtime (not an entrypoint that happens to name it)."""
-    lowered = message.lower()
-    if any(marker in lowered for marker in _EXEC_ERRORS):
-        return False
-    return any(marker in lowered for marker in _GPU_ERRORS)
-
-
-def _engine_call(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Decorator: engine and transport failures become DockerUnavailable (the host's problem) with a message."""
-
-    def wrap(func: Callable[P, R]) -> Callable[P, R]:
-        @functools.wraps(func)
-        def inner(*args: P.args, **kwargs: P.kwargs) -> R:
-            try:
-                return func(*args, **kwargs)
-            except (ModelFailed, RetryLater):
-                raise
-            except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-                raise DockerUnavailable(f"docker failed while trying to {what}: {exc}") from exc
-
-        return inner
-
-    return wrap
 
 
 @dataclass
@@ -92,6 +36,15 @@ class RunResult:
     duration: float = 0.0
     log_tail: bytes = b""
     log_truncated: bool = False
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image as resolved for one task: the tag asked for, the id that runs, its registry digests."""
+
+    tag: str
+    id: str
+    repo_digests: list[str] = field(default_factory=list)
 
 
 class Engine:
@@ -112,10 +65,11 @@ class Engine:
         self.max_log_bytes = max_log_bytes
         self.image_cache_seconds = image_cache_seconds
         self._cpus: int | None = None
+        self._host_name: str | None = None
         # Image tags found on this host lately, with when: one inspect per tag and minute, not one per task.
         self._images_seen: dict[str, float] = {}
 
-    @_engine_call("find the model's image")
+    @engine_call("find the model's image")
     def ensure_image(self, tag: str) -> None:
         """Make sure the image is here, pulling it if allowed; ModelFailed when it does not exist or may not be had."""
         seen = self._images_seen.get(tag)
@@ -143,13 +97,44 @@ class Engine:
             raise ModelFailed(f"image {tag!r} is not on this host and could not be pulled: {message}") from exc
         self._images_seen[tag] = time.monotonic()
 
+    @engine_call("resolve the model's image")
+    def resolve_image(self, tag: str) -> ImageRef:
+        """The image the tag names now (pulled if missing and allowed): the task runs this id, whatever the tag does."""
+        try:
+            image = self.client.images.get(tag)
+        except docker.errors.ImageNotFound:
+            self._images_seen.pop(tag, None)
+            self.ensure_image(tag)
+            try:
+                image = self.client.images.get(tag)
+            except docker.errors.ImageNotFound as exc:  # removed or re-tagged away right after the pull
+                raise DockerUnavailable(f"image {tag!r} went away right after it was pulled") from exc
+        digests = image.attrs.get("RepoDigests") or []
+        return ImageRef(tag=tag, id=str(image.id), repo_digests=[str(d) for d in digests])
+
+    def _info(self) -> None:
+        info = self.client.info()
+        self._cpus = int(info.get("NCPU") or 0)
+        self._host_name = str(info.get("Name") or "")
+
     def host_cpus(self) -> int:
         """The number of CPUs of the docker host (0 when unknown), read once."""
         if self._cpus is None:
-            self._cpus = int(self.client.info().get("NCPU") or 0)
+            self._info()
+        assert self._cpus is not None
         return self._cpus
 
-    @_engine_call("create the model's container")
+    def host_name(self) -> str:
+        """The docker host's name (where the model containers run; "" when unknown), read once."""
+        if self._host_name is None:
+            try:
+                self._info()
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+                log.warning("could not ask docker for its host name: %s", exc)
+                return ""
+        return self._host_name or ""
+
+    @engine_call("create the model's container")
     def create(self, kwargs: dict[str, Any]) -> Container:
         """Create (not start) a container; ModelFailed when the engine refuses the model's settings."""
         kwargs = dict(kwargs)
@@ -166,14 +151,14 @@ class Engine:
             message = str(exc.explanation or exc)
             if gpu_error(message):
                 raise GpuUnusable(f"the GPU cannot be used: {message}") from exc
-            if _host_error(message):
+            if host_error(message):
                 raise DockerUnavailable(f"the engine could not create the model's container: {message}") from exc
             if exc.status_code == 400:
                 # The engine refuses the model's settings (e.g. a limit this host cannot give): retrying cannot help.
                 raise ModelFailed(f"docker refused the model's container: {message}") from exc
             raise
 
-    @_engine_call("start the model's container")
+    @engine_call("start the model's container")
     def start(self, container: Container) -> float:
         """Start a created container; returns when (monotonic). GPU errors are GpuUnusable, image errors ModelFailed."""
         try:
@@ -182,16 +167,15 @@ class Engine:
             message = str(exc.explanation or exc)
             if gpu_error(message):
                 raise GpuUnusable(f"the GPU cannot be used: {message}") from exc
-            if _host_error(message):
+            if host_error(message):
                 raise DockerUnavailable(f"the engine could not start the model's container: {message}") from exc
             # The engine refuses to start what the model's image or limits make impossible (bad entrypoint, ...).
-            exec_error = any(marker in message.lower() for marker in _EXEC_ERRORS)
-            if exc.is_client_error() or exec_error or "OCI runtime" in message:
+            if exc.is_client_error() or exec_error(message) or "OCI runtime" in message:
                 raise ModelFailed(f"the model's container could not start: {message}") from exc
             raise
         return time.monotonic()
 
-    @_engine_call("run the model")
+    @engine_call("run the model")
     def wait(self, container: Container, *, timeout: float, abort: threading.Event, started: float) -> RunResult:
         """Wait until the container exits, runs past timeout (killed) or abort is set (stopped); read its end."""
         result = RunResult(container_id=container.id or "", exit_code=None)
@@ -251,17 +235,23 @@ class Engine:
 
     def probe_gpu(self, kwargs: dict[str, Any]) -> str | None:
         """Run the GPU probe container; None when the GPU works, else why not."""
-        container: Container | None = None
         try:
-            self.ensure_image(kwargs["image"])
-            container = self.create(kwargs)
-            self.start(container)
-            code = int(container.wait(timeout=60).get("StatusCode", -1))
+            code, _output = self.run_once(kwargs)
             return None if code == 0 else f"the GPU probe exited with code {code}"
         except (ModelFailed, RetryLater) as exc:
             return str(exc)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             return f"the GPU probe failed: {exc}"
+
+    def run_once(self, kwargs: dict[str, Any], timeout: float = 60) -> tuple[int, bytes]:
+        """Run a throw-away container to its end; its exit code and stdout. It is removed whatever happens."""
+        container: Container | None = None
+        try:
+            self.ensure_image(kwargs["image"])
+            container = self.create(kwargs)
+            self.start(container)
+            code = int(container.wait(timeout=timeout).get("StatusCode", -1))
+            return code, bytes(container.logs(stdout=True, stderr=False))
         finally:
             if container is not None:
                 self.remove(container.id or "")

@@ -12,6 +12,7 @@ from common.messages import GPU_QUEUE
 from job_consumer.containers import Engine
 from job_consumer.errors import ConsumerError
 from job_consumer.private_api import PrivateApiClient
+from job_consumer.provenance import GpuInfo, query_gpu
 from job_consumer.sandbox import (
     ATTEMPT_LABEL,
     DEADLINE_LABEL,
@@ -57,6 +58,7 @@ class Housekeeping:
         self.reap_seconds = reap_seconds
         self.gpu_usable: bool | None = None
         self.gpu_reason: str | None = None
+        self.gpu_info: GpuInfo | None = None  # asked once the GPU is usable, for the tasks' provenance
         self._next_probe = 0.0
         self._next_heartbeat = 0.0
         self._next_reap = 0.0
@@ -107,6 +109,9 @@ class Housekeeping:
             )
         elif was is not True:
             log.info("GPU %s is usable", self.gpu_device)
+        if reason is None and self.gpu_info is None:
+            image = self.gpu_probe_image
+            self.gpu_info = query_gpu(self.gpu_device, engine=self.engine, probe_image=image, labels=labels)
         if was != self.gpu_usable:
             self._next_heartbeat = 0.0  # tell the private API at once
 

@@ -55,9 +55,17 @@ class _Bounded:
             raise OutputTooLarge(self.limit)
 
 
-def folder_to_zip(folder: Path, dest: Path, *, max_bytes: int | None = None, compresslevel: int = 1) -> OutputSummary:
+def folder_to_zip(
+    folder: Path,
+    dest: Path,
+    *,
+    max_bytes: int | None = None,
+    compresslevel: int = 1,
+    exclude: frozenset[str] = frozenset(),
+) -> OutputSummary:
     """Zip a folder's tree (empty folders and file modes kept); links and special files are left out and listed.
 
+    `exclude`: paths relative to folder (e.g. the progress file `.progress`) that never go in.
     OutputTooLarge as soon as the zip passes max_bytes (dest is removed then).
     """
     summary = OutputSummary()
@@ -71,6 +79,8 @@ def folder_to_zip(folder: Path, dest: Path, *, max_bytes: int | None = None, com
                     entries = sorted(scan, key=lambda entry: entry.name)
                 for entry in entries:
                     name = prefix + entry.name
+                    if name in exclude:
+                        continue
                     info_stat = entry.stat(follow_symlinks=False)
                     if stat.S_ISDIR(info_stat.st_mode):
                         info = zipfile.ZipInfo(name + "/", date_time=_zip_time(info_stat.st_mtime))

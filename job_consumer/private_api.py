@@ -1,4 +1,4 @@
-"""The consumer's client of the private API's consumer calls (the only module here that speaks HTTP).
+"""The consumer's client of the private API's consumer calls (with private_api_http.py, all the HTTP here).
 
 Task calls are retried with backoff (tenacity) on connection errors and 5xx for PRIVATE_API_RETRY_SECONDS, so a
 private API restarted mid-task finds the result kept and stored at the same attempt; the periodic calls (lease
@@ -9,126 +9,27 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
-import tenacity
 from pydantic import ValidationError
 
 from job_consumer.errors import LeaseLost, ModelFailed, PrivateApiError
-from job_consumer.schemas import Claim, ClaimOutcome, ClaimResult
+from job_consumer.private_api_http import HttpBase, Transient, detail, route_missing
+from job_consumer.schemas import Claim, ClaimOutcome, ClaimResult, Progress
 
 __all__ = ["ClaimOutcome", "ClaimResult", "PrivateApiClient"]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 _CHUNK = 1024 * 1024
 _MAX_REASON = 10_000  # the longest failure reason the private API takes
 
 
-class _Transient(PrivateApiError):
-    """A connection error or a 5xx: worth trying again."""
-
-
-def _detail(response: httpx.Response) -> str:
-    """The `detail` of a flat JSON error, or the start of the body."""
-    try:
-        body = response.json()
-        if isinstance(body, dict) and "detail" in body:
-            return str(body["detail"])
-    except ValueError:
-        pass
-    return response.text[:300]
-
-
-def _route_missing(response: httpx.Response) -> bool:
-    """True for FastAPI's 404 of a route this private API does not have (an older version)."""
-    return response.status_code in (404, 405) and _detail(response) in ("Not Found", "Method Not Allowed")
-
-
-class PrivateApiClient:
+class PrivateApiClient(HttpBase):
     """Talks to `/internal/...` with the shared token as one consumer instance."""
-
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        token: str,
-        instance_id: str,
-        consumer_name: str,
-        timeout: float = 60.0,
-        retry_seconds: float = 900.0,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        self.instance_id = instance_id
-        self.consumer_name = consumer_name
-        self.retry_seconds = retry_seconds
-        # Set when the consumer must stop now (grace period over): retries end at once.
-        self.abandon = threading.Event()
-        self._http = httpx.Client(
-            base_url=base_url.rstrip("/"),
-            headers={"X-Internal-Token": token},
-            timeout=httpx.Timeout(timeout, connect=10.0),
-            transport=transport,
-        )
-
-    @property
-    def consumer_id(self) -> str:
-        """The instance id: what the private API records as the task's consumer_id."""
-        return self.instance_id
-
-    def close(self) -> None:
-        """Close the connection pool."""
-        self._http.close()
-
-    # ---- plumbing ----------------------------------------------------------------------------------------
-
-    def _retrying(self, call: Callable[[], T]) -> T:
-        """call(), tried again with backoff on transient errors until the retry window ends."""
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(_Transient),
-            stop=tenacity.stop_after_delay(self.retry_seconds) | tenacity.stop_when_event_set(self.abandon),
-            wait=tenacity.wait_exponential(multiplier=0.5, max=15),
-            before_sleep=lambda state: log.warning(
-                "the private API failed (%s); trying again", state.outcome.exception() if state.outcome else "?"
-            ),
-            reraise=True,
-        )
-        return retrying(call)
-
-    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        """Send a request once; transport failures and 5xx raise _Transient, 401 PrivateApiError."""
-        try:
-            response = self._http.request(method, url, **kwargs)
-        except httpx.HTTPError as exc:
-            raise _Transient(f"{method} {url} failed: {exc!r}") from exc
-        self._raise_for_infrastructure(method, url, response)
-        return response
-
-    @staticmethod
-    def _raise_for_infrastructure(method: str, url: str, response: httpx.Response) -> None:
-        """Raise for answers that say nothing about the task (auth, server errors)."""
-        if response.status_code == 401:
-            raise PrivateApiError(f"{method} {url}: the private API refused INTERNAL_TOKEN (401)")
-        if response.status_code >= 500:
-            raise _Transient(f"{method} {url}: {response.status_code} {_detail(response)}")
-
-    def _holder(self, attempt: int) -> dict[str, str | int]:
-        """Who holds which attempt: sent with every task call."""
-        return {"consumer_id": self.instance_id, "attempt": attempt}
-
-    @staticmethod
-    def _unexpected(method: str, url: str, response: httpx.Response) -> PrivateApiError:
-        """An error for an answer the contract does not have."""
-        return PrivateApiError(f"{method} {url}: unexpected {response.status_code} {_detail(response)}")
-
-    def _lost(self, uid: str, response: httpx.Response) -> LeaseLost:
-        """The task is no longer ours (cancelled, deleted, or held by another consumer)."""
-        return LeaseLost(f"task {uid} is no longer held by {self.instance_id}: {_detail(response)}")
 
     # ---- task calls --------------------------------------------------------------------------------------
 
@@ -149,13 +50,18 @@ class PrivateApiClient:
                 status = None
             # Final, running under a live lease (any instance, this name too), or not due yet: the private API
             # republishes it when that changes, so this delivery is dropped rather than requeued.
-            return ClaimResult(ClaimOutcome.SKIP, status=status, detail=_detail(response))
+            return ClaimResult(ClaimOutcome.SKIP, status=status, detail=detail(response))
         raise self._unexpected("POST", url, response)
 
-    def heartbeat(self, uid: str, attempt: int) -> str:
-        """Renew the lease once; returns the task status. LeaseLost on 404/409 or when the task was cancelled."""
+    def heartbeat(self, uid: str, attempt: int, *, phase: str | None = None, progress: Progress | None = None) -> str:
+        """Renew the lease with phase and progress; the task status. LeaseLost on 404/409 or once cancelled."""
         url = f"/internal/tasks/{uid}/heartbeat"
-        response = self._request("POST", url, json=self._holder(attempt), timeout=10.0)
+        body: dict[str, Any] = {**self._holder(attempt)}
+        if phase is not None:
+            body["phase"] = phase
+        if progress is not None:
+            body.update(progress=progress.fraction, progress_message=progress.message)
+        response = self._request("POST", url, json=body, timeout=10.0)
         if response.status_code in (404, 409):
             raise self._lost(uid, response)
         if response.status_code != 200:
@@ -174,7 +80,7 @@ class PrivateApiClient:
                     response.read()
                     self._raise_for_infrastructure("GET", url, response)
                     if response.status_code == 404:
-                        raise LeaseLost(f"GET {url}: {_detail(response)}")
+                        raise LeaseLost(f"GET {url}: {detail(response)}")
                     raise self._unexpected("GET", url, response)
                 with open(dest, "wb") as out:
                     for chunk in response.iter_bytes(_CHUNK):
@@ -182,12 +88,12 @@ class PrivateApiClient:
                         out.write(chunk)
                 return digest.hexdigest(), response.headers
         except httpx.HTTPError as exc:
-            raise _Transient(f"GET {url} failed: {exc!r}") from exc
+            raise Transient(f"GET {url} failed: {exc!r}") from exc
 
-    def download_input(self, uid: str, dest: Path) -> int:
-        """Stream the task's input zip to dest; returns its size. LeaseLost when the task is gone."""
-        self._retrying(lambda: self._download_once(f"/internal/tasks/{uid}/input", dest))
-        return dest.stat().st_size
+    def download_input(self, uid: str, dest: Path) -> str:
+        """Stream the task's input zip to dest; returns its sha256. LeaseLost when the task is gone."""
+        sha256, _headers = self._retrying(lambda: self._download_once(f"/internal/tasks/{uid}/input", dest))
+        return sha256
 
     def download_model_zip(self, hid: str, dest: Path, *, expected_sha256: str) -> None:
         """Stream the zip of the model's version the claim named to dest and check its sha256."""
@@ -200,12 +106,16 @@ class PrivateApiClient:
                 f"got {sha256[:16]}); the task is retried"
             )
 
-    def upload_output(self, uid: str, attempt: int, path: Path) -> None:
-        """Stream the output zip up (again from the file on each try). LeaseLost when the task is no longer ours."""
+    def upload_output(self, uid: str, attempt: int, path: Path) -> str:
+        """Stream the output zip up (again from the file on each try); its sha256. LeaseLost when no longer ours."""
+        digests: list[Any] = []
 
         def chunks() -> Iterator[bytes]:
+            digest = hashlib.sha256()
+            digests.append(digest)
             with open(path, "rb") as source:
                 while block := source.read(_CHUNK):
+                    digest.update(block)
                     yield block
 
         url = f"/internal/tasks/{uid}/output"
@@ -219,11 +129,12 @@ class PrivateApiClient:
             )
         )
         if response.status_code == 413:
-            raise ModelFailed(f"the output zip is larger than the model's max_output_size: {_detail(response)}")
+            raise ModelFailed(f"the output zip is larger than the model's max_output_size: {detail(response)}")
         if response.status_code in (404, 409):
             raise self._lost(uid, response)
         if response.status_code != 200:
             raise self._unexpected("PUT", url, response)
+        return str(digests[-1].hexdigest())  # of the try that was stored
 
     def upload_logs(self, uid: str, attempt: int, text: bytes) -> None:
         """Store the container's (already bounded) log; a task that is gone or taken over is not an error here."""
@@ -238,23 +149,34 @@ class PrivateApiClient:
             )
         )
         if response.status_code in (404, 409):
-            log.info("the log of task %s was not stored: %s", uid, _detail(response))
+            log.info("the log of task %s was not stored: %s", uid, detail(response))
             return
         if response.status_code != 200:
             raise self._unexpected("PUT", url, response)
 
-    def finish(self, uid: str, attempt: int, *, status: str, reason: str | None, exit_code: int | None) -> bool:
-        """Store the final state; False when the task is no longer ours (cancelled, claimed by another, gone)."""
+    def finish(
+        self,
+        uid: str,
+        attempt: int,
+        *,
+        status: str,
+        reason: str | None,
+        exit_code: int | None,
+        provenance: dict[str, Any] | None = None,
+    ) -> bool:
+        """Store the final state (and what produced it); False when the task is no longer ours."""
         if status not in ("finished", "failed"):
             raise ValueError(f"a consumer finishes a task as finished or failed, not {status!r}")
         url = f"/internal/tasks/{uid}/finish"
         kept = None if reason is None else reason[:_MAX_REASON]
-        body = {**self._holder(attempt), "status": status, "reason": kept, "exit_code": exit_code}
+        body: dict[str, Any] = {**self._holder(attempt), "status": status, "reason": kept, "exit_code": exit_code}
+        if provenance is not None:
+            body["provenance"] = provenance
         response = self._retrying(lambda: self._request("POST", url, json=body))
         if response.status_code == 200:
             return True
         if response.status_code in (404, 409):
-            log.info("task %s was not finished by %s: %s", uid, self.instance_id, _detail(response))
+            log.info("task %s was not finished by %s: %s", uid, self.instance_id, detail(response))
             return False
         raise self._unexpected("POST", url, response)
 
@@ -275,7 +197,7 @@ class PrivateApiClient:
         """Report this instance (name, queues, GPU and disk state); None when the private API lacks the route."""
         url = f"/internal/consumers/{self.instance_id}/heartbeat"
         response = self._request("POST", url, json={"name": self.consumer_name, **payload}, timeout=5.0)
-        if _route_missing(response):
+        if route_missing(response):
             return None
         return response.status_code == 200
 
@@ -290,7 +212,7 @@ class PrivateApiClient:
         """Which (uid, instance, attempt) leases are live; None when the private API lacks the route."""
         body = {"leases": [{"uid": uid, "consumer_id": cid, "attempt": n} for uid, cid, n in leases]}
         response = self._request("POST", "/internal/leases/check", json=body, timeout=10.0)
-        if _route_missing(response):
+        if route_missing(response):
             return None
         if response.status_code != 200:
             raise self._unexpected("POST", "/internal/leases/check", response)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from docker.types import DeviceRequest, LogConfig, Mount, Ulimit
@@ -15,6 +15,7 @@ __all__ = [
     "ATTEMPT_LABEL",
     "CONSUMER_LABEL",
     "DEADLINE_LABEL",
+    "DEFAULT_PROGRESS_FILE",
     "DEFAULT_USER",
     "INSTANCE_LABEL",
     "MODEL_ID_LABEL",
@@ -26,6 +27,7 @@ __all__ = [
     "TaskRef",
     "gpu_probe_kwargs",
     "model_container_kwargs",
+    "output_relative",
     "scope_of",
 ]
 
@@ -43,7 +45,17 @@ DEFAULT_MEM_LIMIT = "4g"
 DEFAULT_SHM_SIZE = "1g"
 # nobody:nogroup. A model whose image needs root sets the model's `user` (e.g. "0:0").
 DEFAULT_USER = "65534:65534"
+# Where a model may write how far it is (`0.42 message`); the consumer reads it from the /output mount.
+DEFAULT_PROGRESS_FILE = "/output/.progress"
 NOFILE = 8192
+
+
+def output_relative(progress_file: str) -> PurePosixPath:
+    """PROGRESS_FILE's path inside /output; ValueError unless it names a file under /output."""
+    path = PurePosixPath(progress_file)
+    if not path.is_absolute() or ".." in path.parts or len(path.parts) < 3 or path.parts[1] != "output":
+        raise ValueError(f"PROGRESS_FILE must name a file under /output, not {progress_file!r}")
+    return path.relative_to("/output")
 
 
 def scope_of(private_api_url: str, deployment: str = "") -> str:
@@ -97,6 +109,7 @@ class Sandbox:
     max_log_bytes: int = 1024 * 1024
     tmp_size: str = "1g"
     default_user: str = DEFAULT_USER
+    progress_file: str = DEFAULT_PROGRESS_FILE
 
 
 def _gpu_access(use_gpu: bool, gpu_device: str | None) -> dict[str, Any]:
@@ -162,6 +175,7 @@ def model_container_kwargs(
         "detach": True,
         **_gpu_access(model.use_gpu, sandbox.gpu_device),
     }
+    kwargs["environment"] = {**kwargs["environment"], "PROGRESS_FILE": sandbox.progress_file}
     if not model.user:
         # nobody's home does not exist: libraries that cache under ~ (torch, matplotlib) write to the /tmp tmpfs.
         kwargs["environment"] = {**kwargs["environment"], "HOME": "/tmp"}
@@ -170,11 +184,18 @@ def model_container_kwargs(
     return kwargs
 
 
-def gpu_probe_kwargs(*, image: str, gpu_device: str, labels: dict[str, str]) -> dict[str, Any]:
-    """A throw-away container asking for exactly the pinned GPU and running `true`: it starts only if the GPU can."""
+def gpu_probe_kwargs(
+    *, image: str, gpu_device: str, labels: dict[str, str], command: list[str] | None = None, utility: bool = False
+) -> dict[str, Any]:
+    """A throw-away container asking for exactly the pinned GPU and running `true` (or command): it starts only if
+    the GPU can. `utility` also asks for the driver's tools (nvidia-smi)."""
+    access = _gpu_access(True, gpu_device)
+    if utility:
+        access["environment"]["NVIDIA_DRIVER_CAPABILITIES"] = "utility"
+        access["device_requests"] = [DeviceRequest(device_ids=[gpu_device], capabilities=[["gpu", "utility"]])]
     return {
         "image": image,
-        "command": ["true"],
+        "command": command or ["true"],
         "entrypoint": [],
         "labels": {**labels, ROLE_LABEL: "gpu-probe"},
         "network_mode": "none",
@@ -182,5 +203,5 @@ def gpu_probe_kwargs(*, image: str, gpu_device: str, labels: dict[str, str]) -> 
         "security_opt": ["no-new-privileges"],
         "user": DEFAULT_USER,
         "detach": True,
-        **_gpu_access(True, gpu_device),
+        **access,
     }

@@ -5,10 +5,11 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
+from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Claim", "ClaimOutcome", "ClaimResult", "ModelInfo", "TaskInfo", "parse_size"]
+__all__ = ["Claim", "ClaimOutcome", "ClaimResult", "ModelInfo", "Progress", "TaskInfo", "parse_size"]
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)b?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -44,6 +45,7 @@ class ModelInfo(BaseModel):
     # Newer private APIs send these (migration 0002); older ones do not, so both are optional.
     user: str | None = None
     max_output_size: str | int | None = None
+    version: int | None = None  # model versions (migration 0003)
 
     @property
     def content_key(self) -> str | None:
@@ -70,6 +72,9 @@ class TaskInfo(BaseModel):
     status: str
     attempt: int = 1
     input_size: int | None = None
+    model_version: int | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
 
 
 class Claim(BaseModel):
@@ -99,3 +104,11 @@ class ClaimResult:
     claim: Claim | None = None
     status: str | None = None
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a model says it is: a fraction in 0..1 and an optional message."""
+
+    fraction: float
+    message: str | None = None

@@ -16,6 +16,7 @@ import re
 import secrets
 import shutil
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -118,6 +119,9 @@ class Workspace:
         self.tasks_root = work_dir / "tasks" / _path_safe(scope)
         self.models_root = work_dir / "models"
         self.own_root = self.tasks_root / _path_safe(instance_id)
+        # Old versions' content a claim found unneeded while a task still held it: removed once the hold goes.
+        self._deferred: set[str] = set()
+        self._deferred_lock = threading.Lock()
 
     # ---- disk --------------------------------------------------------------------------------------------
 
@@ -258,13 +262,24 @@ class Workspace:
             and folder.is_dir()
         ]
 
+    def remove_deferred_versions(self) -> None:
+        """Retry the removals of old versions' content that a task's hold put off (called when a hold goes)."""
+        with self._deferred_lock:
+            keys = sorted(self._deferred)
+        for key in keys:
+            self.remove_model_version(key)
+
     def remove_model_version(self, key: str) -> bool:
         """Remove one content folder unless a task holds it (its shared lock); True when it went."""
         handle = self._lock(key, fcntl.LOCK_EX, wait=False)
         if handle is None:
             log.info("kept the content %s for now: a task still uses it", key)
+            with self._deferred_lock:
+                self._deferred.add(key)
             return False
         with handle:
             remove_tree(self.models_root / key)
+        with self._deferred_lock:
+            self._deferred.discard(key)
         log.info("removed the content %s (an older version)", key)
         return True

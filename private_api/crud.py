@@ -105,6 +105,16 @@ def queue_position(session: Session, task: Task) -> int | None:
     return int(ahead or 0) + 1
 
 
+def _phase(task: Task) -> dict[str, Any]:
+    """A pending task is `queued` since it was created or given back; a final one is in no phase."""
+    if task.status == "pending":
+        since = task.phase_started_at if task.phase == "queued" else None
+        return {"phase": "queued", "phase_started_at": since or task.created_at}
+    if task.status == "running":
+        return {"phase": task.phase or "preparing", "phase_started_at": task.phase_started_at or task.started_at}
+    return {"phase": None, "phase_started_at": None}
+
+
 def task_out(
     task: Task, *, position: int | None = None, waiting_for: str | None = None, retention: Retention | None = None
 ) -> TaskOut:
@@ -130,8 +140,7 @@ def task_out(
         infra_retries=task.infra_retries,
         owner=task.owner,
         model_version=task.model_version,
-        phase=task.phase,
-        phase_started_at=task.phase_started_at,
+        **_phase(task),
         progress=task.progress,
         progress_message=task.progress_message,
         provenance=json.loads(task.provenance) if task.provenance else None,

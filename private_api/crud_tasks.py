@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import timedelta
 from typing import Any
@@ -103,6 +104,10 @@ def _take(
         not_before=None,
         history=dump(history),
         claimed_for=claimed_for,
+        phase="preparing",
+        phase_started_at=now,
+        progress=None,
+        progress_message=None,
     )
     if not claimed:
         status = status_now(session, task)
@@ -205,12 +210,28 @@ def claim_task(
     return _take(session, task, model, **holder)
 
 
-def heartbeat(session: Session, *, uid: str, consumer_id: str, attempt: int) -> str:
-    """Renew the holder's lease; `cancelled` tells it to stop; Conflict for a stale holder."""
+def heartbeat(
+    session: Session,
+    *,
+    uid: str,
+    consumer_id: str,
+    attempt: int,
+    phase: str | None = None,
+    progress: float | None = None,
+    progress_message: str | None = None,
+) -> str:
+    """Renew the holder's lease and store its phase (started when it changes) and progress; `cancelled` tells it
+    to stop; Conflict for a stale holder."""
     task = find(session, uid)
     if task.consumer_id == consumer_id and task.attempt == attempt and (task.status == "cancelled" or task.deleted):
         return "cancelled"
-    if not holds(task, consumer_id, attempt) or not cas(session, task, heartbeat_at=utcnow()):
+    now = utcnow()
+    values: dict[str, Any] = {"heartbeat_at": now}
+    if phase is not None and phase != task.phase:
+        values.update(phase=phase, phase_started_at=now)
+    if progress is not None:  # a beat without progress keeps the last one the model wrote
+        values.update(progress=progress, progress_message=progress_message)
+    if not holds(task, consumer_id, attempt) or not cas(session, task, **values):
         raise stale(session, task, consumer_id, attempt)
     session.commit()
     return "running"
@@ -226,6 +247,7 @@ def finish_task(
     reason: str | None,
     exit_code: int | None,
     output_size: int | None,
+    provenance: dict[str, Any] | None = None,
 ) -> Task:
     """Store a task's final state as reported by its holder; Conflict for a stale holder.
 
@@ -245,6 +267,8 @@ def finish_task(
         "finished_at": utcnow(),
         "history": history,
     }
+    if provenance is not None:
+        values["provenance"] = json.dumps(provenance, separators=(",", ":"))
     if not cas(session, task, **values):
         raise stale(session, task, consumer_id, attempt)
     session.commit()
@@ -294,6 +318,10 @@ def release_task(
             error=reason,
             published_at=None,
             not_before=now + timedelta(seconds=delay) if delay > 0 else None,
+            phase="queued",
+            phase_started_at=now,
+            progress=None,
+            progress_message=None,
         )
     if not cas(session, task, **values):
         raise stale(session, task, consumer_id, attempt)

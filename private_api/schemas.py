@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from common.schemas import ModelOut, TaskOut
 
 ConsumerId = Annotated[str, Field(min_length=1, max_length=256)]
+MAX_PROGRESS_MESSAGE = 256  # what the tasks table holds; longer messages are cut, not refused
+MAX_PROVENANCE_BYTES = 64 * 1024
 
 
 class ClaimIn(BaseModel):
@@ -36,12 +39,37 @@ class HolderIn(BaseModel):
     attempt: int = Field(ge=1)
 
 
+class HeartbeatIn(HolderIn):
+    """The holder renews its lease and says which phase the task is in and how far the model says it is."""
+
+    phase: Literal["preparing", "running", "uploading"] | None = None
+    progress: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
+    progress_message: str | None = Field(default=None, max_length=10_000)
+
+    @field_validator("progress_message")
+    @classmethod
+    def _bounded(cls, value: str | None) -> str | None:
+        """A long message is cut to what the status keeps (a model's chatter must not fail the heartbeat)."""
+        if value is None or len(value) <= MAX_PROGRESS_MESSAGE:
+            return value
+        return value[: MAX_PROGRESS_MESSAGE - 1] + "…"
+
+
 class FinishIn(HolderIn):
-    """A consumer reports a task's final state."""
+    """A consumer reports a task's final state and what exactly produced it."""
 
     status: Literal["finished", "failed"]
     reason: str | None = Field(default=None, max_length=10_000)
     exit_code: int | None = None
+    provenance: dict[str, Any] | None = None
+
+    @field_validator("provenance")
+    @classmethod
+    def _small(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Provenance is a few hundred bytes; anything past MAX_PROVENANCE_BYTES is refused."""
+        if value is not None and len(json.dumps(value)) > MAX_PROVENANCE_BYTES:
+            raise ValueError(f"provenance is larger than {MAX_PROVENANCE_BYTES} bytes")
+        return value
 
 
 class ReleaseIn(HolderIn):

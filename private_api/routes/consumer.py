@@ -33,7 +33,7 @@ from private_api.receiving import receive_body, receive_tail
 from private_api.routes.consumers import LeaseRuleDep
 from private_api.routes.tasks import ZipFileResponse
 from private_api.routes.uploads import disk_errors
-from private_api.schemas import ClaimIn, ClaimOut, FinishIn, HolderIn, ReleaseIn
+from private_api.schemas import ClaimIn, ClaimOut, FinishIn, HeartbeatIn, ReleaseIn
 from private_api.storage import land
 
 router = APIRouter(prefix="/internal", tags=["consumers"], dependencies=[InternalAuth])
@@ -74,9 +74,17 @@ def claim(
 
 
 @router.post("/tasks/{uid}/heartbeat")
-def heartbeat(uid: InternalTaskUid, body: HolderIn, session: SessionDep) -> dict[str, str]:
-    """Renew the lease; status `cancelled` tells the consumer to stop the container; 409 for a stale holder."""
-    status = crud_tasks.heartbeat(session, uid=uid, consumer_id=body.consumer_id, attempt=body.attempt)
+def heartbeat(uid: InternalTaskUid, body: HeartbeatIn, session: SessionDep) -> dict[str, str]:
+    """Renew the lease, store phase and progress; `cancelled` tells the consumer to stop; 409 for a stale holder."""
+    status = crud_tasks.heartbeat(
+        session,
+        uid=uid,
+        consumer_id=body.consumer_id,
+        attempt=body.attempt,
+        phase=body.phase,
+        progress=body.progress,
+        progress_message=body.progress_message,
+    )
     return {"status": status}
 
 
@@ -221,6 +229,7 @@ def finish(uid: InternalTaskUid, body: FinishIn, session: SessionDep, storage: S
         reason=body.reason,
         exit_code=body.exit_code,
         output_size=size,
+        provenance=body.provenance,
     )
     if size is not None:
         land(staged, storage.output_path(uid))

@@ -68,7 +68,11 @@ def test_sandbox_policy_locks_the_container_down():
     assert labels["inference-server.attempt"] == "2" and labels["inference-server.deadline"] == "1900000000"
     assert labels["inference-server.scope"] == "scope123"
     assert "device_requests" not in kwargs
-    assert kwargs["environment"] == {"NVIDIA_VISIBLE_DEVICES": "void", "HOME": "/tmp"}
+    assert kwargs["environment"] == {
+        "NVIDIA_VISIBLE_DEVICES": "void",
+        "HOME": "/tmp",
+        "PROGRESS_FILE": "/output/.progress",
+    }
     assert "volumes" not in kwargs
     assert _kwargs(user="1000:1000")["user"] == "1000:1000"
     url = "http://private-api:7000"

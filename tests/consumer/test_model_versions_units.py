@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 from pathlib import Path
 
 from job_consumer.schemas import ModelInfo
@@ -25,3 +26,15 @@ def test_old_versions_exclude_the_task_s_and_the_needed_ones(tmp_path: Path) -> 
     finally:
         assert held is not None
         held.close()
+
+
+def test_content_a_hold_kept_goes_once_the_hold_goes(tmp_path: Path) -> None:
+    workspace = Workspace(tmp_path, instance_id="i1")
+    old = workspace.models_root / "seg-0123456789abcdef"
+    old.mkdir(parents=True)
+    hold = workspace._lock(old.name, fcntl.LOCK_SH, wait=False)
+    assert hold is not None
+    assert workspace.remove_model_version(old.name) is False and old.is_dir()
+    hold.close()
+    workspace.remove_deferred_versions()
+    assert not old.exists()
