@@ -14,9 +14,10 @@ from private_api.config import Settings, get_settings
 from private_api.db import make_engine, make_sessionmaker, migrate
 from private_api.errors import install_handlers
 from private_api.leases import LeaseRule
+from private_api.metrics import make_registry
 from private_api.orm import utcnow
 from private_api.publisher import Publisher
-from private_api.routes import consumer, consumers, health, models, tasks
+from private_api.routes import consumer, consumers, health, metrics, models, tasks
 from private_api.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.storage.clean_temp()
         app.state.engine = engine
         app.state.sessions = make_sessionmaker(engine)
+        app.state.metrics = make_registry(app.state.sessions, stale_seconds=settings.consumer_stale_seconds)
         # Leases count from this start at the earliest: every holder gets a full lease to check in.
         app.state.lease_rule = LeaseRule(seconds=settings.lease_seconds, since=utcnow())
         app.state.publisher = Publisher(
@@ -62,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redirect_slashes=False,
     )
     install_handlers(app)
-    for router in (models.router, tasks.router, consumer.router, consumers.router, health.router):
+    for router in (models.router, tasks.router, consumer.router, consumers.router, health.router, metrics.router):
         app.include_router(router)
     app.add_middleware(StripTrailingSlash)
     return app

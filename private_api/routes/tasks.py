@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from common.openapi import TASK_ANSWERS, TASK_POLL_ANSWERS, TASK_POST_ANSWERS, answers, zip_form
 from common.schemas import HID_PATTERN, MAX_OFFSET, MAX_PAGE, TaskOut, TaskPage, TaskStatus
-from private_api import audit, crud, crud_consumers
+from private_api import audit, crud, crud_consumers, metrics
 from private_api.auth import Caller, CallerDep
 from private_api.deps import (
     EngineDep,
@@ -103,6 +103,7 @@ async def create_task(
         await run_in_threadpool(_store, sessions, storage, uid, hid, caller, zip_in)
     finally:
         zip_in.path.unlink(missing_ok=True)
+    metrics.count_submission(hid)
     publisher.wake()
     return uid
 
@@ -162,6 +163,7 @@ def _poll(engine: Engine, storage: Storage, uid: str, caller: Caller) -> Path:
 async def get_task_output(uid: TaskUid, engine: EngineDep, storage: StorageDep, caller: CallerDep) -> ZipFileResponse:
     """Poll a task; when it is finished, the answer is its output zip (streamed, no database connection held)."""
     output = await run_in_threadpool(_poll, engine, storage, uid, caller)
+    metrics.count_sent("output", output)
     return ZipFileResponse(output, media_type="application/zip", filename=f"{uid}.zip")
 
 
