@@ -42,6 +42,8 @@ class ConsumerSettings(ServiceSettings, ZipSettings):
     # The tiny container that checks the GPU (a device request for GPU_DEVICE, command `true`).
     gpu_probe_image: str = "busybox"
     tmp_size: str = "1g"
+    # The Prometheus metrics server (job_consumer/metrics.py); 0: none. Internal network only, never published.
+    metrics_port: int = Field(default=9100, ge=0, le=65535)
     # Tells this deployment's containers and task folders from another's on the same engine (compose: the project).
     deployment_name: str = ""
 

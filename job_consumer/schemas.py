@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
+from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -70,6 +71,8 @@ class TaskInfo(BaseModel):
     status: str
     attempt: int = 1
     input_size: int | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
 
 
 class Claim(BaseModel):

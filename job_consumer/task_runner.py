@@ -56,6 +56,9 @@ class TaskResult:
     outcome: str
     settle: Settle
     phases: dict[str, float] = field(default_factory=dict)
+    # Why it failed or was released (for the metrics' reason classes), and whether the host was to blame.
+    reason: str | None = None
+    infrastructure: bool = False
 
 
 @dataclass
@@ -133,11 +136,12 @@ class TaskRunner:
         beats.start()
         held = _Held()
         try:
-            result.outcome, result.settle = self._steps(claim, control, result.phases, held)
+            result.outcome, result.settle = self._steps(claim, control, result, held)
         except LeaseLost as exc:
             log.info("task %s: %s; nothing is stored", uid, exc)
             result.outcome = "lost"
         except ModelFailed as exc:
+            result.reason = exc.reason
             result.outcome, result.settle = self._finish(claim, "failed", exc.reason, exc.exit_code)
         except _Shutdown:
             result.outcome, result.settle = self._release(claim, "the consumer shut down mid-task", infra=False)
@@ -145,9 +149,11 @@ class TaskRunner:
             if isinstance(exc, GpuUnusable):
                 self.on_gpu_error(str(exc))
             log.warning("task %s hit an infrastructure problem: %s", uid, exc)
+            result.reason, result.infrastructure = str(exc), True
             result.outcome, result.settle = self._release(claim, str(exc), infra=True)
         except Exception as exc:
             log.exception("task %s failed unexpectedly", uid)
+            result.reason, result.infrastructure = f"consumer error: {exc!r}", True
             result.outcome, result.settle = self._release(claim, f"consumer error: {exc!r}", infra=True)
         finally:
             done.set()
@@ -185,9 +191,10 @@ class TaskRunner:
         if control.shutdown.is_set():
             raise _Shutdown()
 
-    def _steps(self, claim: Claim, control: TaskControl, phases: dict[str, float], held: _Held) -> tuple[str, Settle]:
+    def _steps(self, claim: Claim, control: TaskControl, result: TaskResult, held: _Held) -> tuple[str, Settle]:
         """Provision, run, collect; raises the deliberate exceptions for the other outcomes."""
         uid, attempt, model = claim.task.uid, claim.task.attempt, claim.model
+        phases = result.phases
         started = time.monotonic()
         dirs, container = self._provision(claim, control, held)
         phases["provision"] = time.monotonic() - started
@@ -213,6 +220,7 @@ class TaskRunner:
             self._check(control)
             self.api.upload_output(uid, attempt, dirs.output_zip)
             log.info("task %s: %d files, %d bytes of output", uid, summary.files, summary.bytes)
+        result.reason = reason
         outcome = self._finish(claim, "failed" if reason else "finished", reason, run.exit_code)
         phases["collect"] = time.monotonic() - started
         return outcome
