@@ -37,7 +37,9 @@ def build_worker(settings: ConsumerSettings, instance_id: str | None = None) -> 
         stop_timeout=settings.stop_timeout_seconds,
         max_log_bytes=settings.max_log_bytes,
     )
-    metrics = ConsumerMetrics(settings.work_dir)
+    metrics = ConsumerMetrics(
+        settings.work_dir, consumer=settings.consumer_id, instance_id=instance_id, gpu=settings.gpu_device or ""
+    )
     api = MeteredApiClient(
         settings.private_api_url,
         token=settings.internal_token,

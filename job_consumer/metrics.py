@@ -54,8 +54,17 @@ def _queued_seconds(created_at: datetime | None, started_at: datetime | None) ->
 class ConsumerMetrics:
     """The consumer's metrics, in a registry of their own."""
 
-    def __init__(self, work_dir: Path | None = None) -> None:
+    def __init__(
+        self, work_dir: Path | None = None, *, consumer: str = "", instance_id: str = "", gpu: str = ""
+    ) -> None:
         self.registry = CollectorRegistry()
+        info = Gauge(
+            "inference_consumer_info",
+            "Always 1: which consumer this is (its CONSUMER_ID, instance id and GPU_DEVICE).",
+            ["consumer", "instance_id", "gpu_device"],
+            registry=self.registry,
+        )
+        info.labels(consumer=consumer, instance_id=instance_id, gpu_device=gpu).set(1)
         self.phase_seconds = Histogram(
             "inference_consumer_task_phase_seconds",
             "Seconds a task spent per phase (queued: from submission to this consumer's claim), by model.",

@@ -37,7 +37,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.storage.clean_temp()
         app.state.engine = engine
         app.state.sessions = make_sessionmaker(engine)
-        app.state.metrics = make_registry(app.state.sessions, stale_seconds=settings.consumer_stale_seconds)
+        app.state.metrics = make_registry(
+            app.state.sessions, stale_seconds=settings.consumer_stale_seconds, data_dir=settings.data_dir
+        )
         # Leases count from this start at the earliest: every holder gets a full lease to check in.
         app.state.lease_rule = LeaseRule(seconds=settings.lease_seconds, since=utcnow())
         app.state.publisher = Publisher(

@@ -11,13 +11,14 @@ API instance (aggregate them with max, not sum).
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections import Counter as Tally
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import case, func, null, select
@@ -204,12 +205,26 @@ class DatabaseCollector(Collector):
         return [by_state, failed, queue_depth, backlog, consumers, disk]
 
 
+def _free_bytes(path: Path) -> float:
+    try:
+        return float(shutil.disk_usage(path).free)
+    except OSError:
+        return float("nan")
+
+
 def make_registry(
-    sessions: sessionmaker[Session], *, stale_seconds: float, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    sessions: sessionmaker[Session],
+    *,
+    stale_seconds: float,
+    data_dir: Path | None = None,
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
 ) -> CollectorRegistry:
-    """A registry with this process's counters and a DatabaseCollector on sessions."""
+    """A registry with this process's counters, a DatabaseCollector on sessions and DATA_DIR's free space."""
     registry = CollectorRegistry()
     for counter in (SUBMISSIONS, RECEIVED, SENT):
         registry.register(counter)
     registry.register(DatabaseCollector(sessions, stale_seconds=stale_seconds, timeout_seconds=timeout_seconds))
+    if data_dir is not None:
+        free = Gauge("inference_data_dir_free_bytes", "Free bytes under DATA_DIR (zips, SQLite).", registry=registry)
+        free.set_function(lambda: _free_bytes(data_dir))
     return registry

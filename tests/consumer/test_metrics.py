@@ -74,6 +74,9 @@ def test_metrics_after_finished_failed_and_cancelled_tasks(
     assert value(mine, "inference_consumer_uploaded_bytes_total", kind="output") > 0
     assert value(mine, "inference_consumer_uploaded_bytes_total", kind="logs") > 0
     assert value(mine, "inference_consumer_work_dir_free_bytes") > 0
+    assert any(
+        name == "inference_consumer_info" and ("consumer", "metrics-consumer") in labels for name, labels in mine
+    )
 
     assert value(theirs, "inference_tasks", state="finished", model=copy) == 1
     assert value(theirs, "inference_tasks", state="failed", model=exit3) == 1
@@ -89,3 +92,4 @@ def test_metrics_after_finished_failed_and_cancelled_tasks(
     )
     assert value(theirs, "inference_sent_bytes_total", kind="input") == 2 * len(data)
     assert value(theirs, "inference_sent_bytes_total", kind="output") > 0
+    assert value(theirs, "inference_data_dir_free_bytes") > 0
