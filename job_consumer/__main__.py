@@ -13,7 +13,7 @@ from job_consumer.broker import Broker, queues_for
 from job_consumer.config import ConsumerSettings, load_settings
 from job_consumer.containers import Engine
 from job_consumer.housekeeping import Housekeeping
-from job_consumer.private_api import PrivateApiClient
+from job_consumer.metrics import ConsumerMetrics, MeteredApiClient, serve
 from job_consumer.sandbox import Sandbox, scope_of
 from job_consumer.task_runner import TaskRunner
 from job_consumer.worker import Worker
@@ -37,13 +37,17 @@ def build_worker(settings: ConsumerSettings, instance_id: str | None = None) -> 
         stop_timeout=settings.stop_timeout_seconds,
         max_log_bytes=settings.max_log_bytes,
     )
-    api = PrivateApiClient(
+    metrics = ConsumerMetrics(
+        settings.work_dir, consumer=settings.consumer_id, instance_id=instance_id, gpu=settings.gpu_device or ""
+    )
+    api = MeteredApiClient(
         settings.private_api_url,
         token=settings.internal_token,
         instance_id=instance_id,
         consumer_name=settings.consumer_id,
         timeout=settings.http_timeout_seconds,
         retry_seconds=settings.private_api_retry_seconds,
+        metrics=metrics,
     )
     scope = scope_of(settings.private_api_url, settings.deployment_name)
     workspace = Workspace(
@@ -89,6 +93,7 @@ def build_worker(settings: ConsumerSettings, instance_id: str | None = None) -> 
         housekeeping=housekeeping,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
         requeue_delay_seconds=settings.requeue_delay_seconds,
+        metrics=metrics,
     )
 
 
@@ -100,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level)
     worker = build_worker(settings)
     worker.install_signal_handlers()
+    metrics_server = serve(worker.metrics, settings.metrics_port) if settings.metrics_port else None
     log.info(
         "consumer %s (instance %s) starting (GPU %s, private API %s, WORK_DIR %s)",
         settings.consumer_id,
@@ -112,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         handled = worker.run(burst=burst)
     finally:
         worker.api.close()
+        if metrics_server is not None:
+            metrics_server.shutdown()
     log.info("consumer %s stopped after %d messages", worker.api.instance_id, handled)
     return 0
 

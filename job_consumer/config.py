@@ -45,6 +45,8 @@ class ConsumerSettings(ServiceSettings, ZipSettings):
     tmp_size: str = "1g"
     # Where models may write their progress (`0.42 message`); a file under /output, passed to them as PROGRESS_FILE.
     progress_file: str = DEFAULT_PROGRESS_FILE
+    # The Prometheus metrics server (job_consumer/metrics.py); 0: none. Internal network only, never published.
+    metrics_port: int = Field(default=9100, ge=0, le=65535)
     # Tells this deployment's containers and task folders from another's on the same engine (compose: the project).
     deployment_name: str = ""
 

@@ -39,6 +39,9 @@ class TaskResult:
     phases: dict[str, float] = field(default_factory=dict)
     # Seconds per phase as the status names them (queued, preparing, running, uploading), as in the provenance.
     timings: dict[str, float] = field(default_factory=dict)
+    # Why it failed or was released (for the metrics' reason classes), and whether the host was to blame.
+    reason: str | None = None
+    infrastructure: bool = False
 
 
 def failure_reason(model: ModelInfo, result: RunResult) -> str | None:
@@ -114,12 +117,13 @@ class TaskRunner(Provisioning):
         held = Held()
         record = self._record(claim)
         try:
-            result.outcome, result.settle = self._steps(claim, control, result.phases, held, record, reporter)
+            result.outcome, result.settle = self._steps(claim, control, result, held, record, reporter)
         except LeaseLost as exc:
             log.info("task %s: %s; nothing is stored", uid, exc)
             result.outcome = "lost"
         except ModelFailed as exc:
             record.exit_code = exc.exit_code if exc.exit_code is not None else record.exit_code
+            result.reason = exc.reason
             result.outcome, result.settle = self._finish(claim, "failed", exc.reason, exc.exit_code, record)
         except Shutdown:
             result.outcome, result.settle = self._release(claim, "the consumer shut down mid-task", infra=False)
@@ -127,9 +131,11 @@ class TaskRunner(Provisioning):
             if isinstance(exc, GpuUnusable):
                 self.on_gpu_error(str(exc))
             log.warning("task %s hit an infrastructure problem: %s", uid, exc)
+            result.reason, result.infrastructure = str(exc), True
             result.outcome, result.settle = self._release(claim, str(exc), infra=True)
         except Exception as exc:
             log.exception("task %s failed unexpectedly", uid)
+            result.reason, result.infrastructure = f"consumer error: {exc!r}", True
             result.outcome, result.settle = self._release(claim, f"consumer error: {exc!r}", infra=True)
         finally:
             reporter.stop()
@@ -148,13 +154,13 @@ class TaskRunner(Provisioning):
         self,
         claim: Claim,
         control: TaskControl,
-        phases: dict[str, float],
+        result: TaskResult,
         held: Held,
         record: Record,
         reporter: Reporter,
     ) -> tuple[str, Settle]:
         """Provision, run, collect; raises the deliberate exceptions for the other outcomes."""
-        model = claim.model
+        model, phases = claim.model, result.phases
         started = time.monotonic()
         dirs, container = self._provision(claim, control, held, record)
         phases["provision"] = time.monotonic() - started
@@ -170,7 +176,7 @@ class TaskRunner(Provisioning):
         if run.aborted:
             raise LeaseLost("its container was stopped")
         started = time.monotonic()
-        reason = self._collect(claim, control, dirs, run, record)
+        reason = result.reason = self._collect(claim, control, dirs, run, record)
         outcome = self._finish(claim, "failed" if reason else "finished", reason, run.exit_code, record)
         phases["collect"] = time.monotonic() - started
         return outcome

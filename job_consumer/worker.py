@@ -13,6 +13,7 @@ from common.messages import decode
 from job_consumer.broker import Broker, BrokerError, Delivery
 from job_consumer.errors import PrivateApiError
 from job_consumer.housekeeping import Housekeeping
+from job_consumer.metrics import ConsumerMetrics
 from job_consumer.private_api import ClaimOutcome
 from job_consumer.task_runner import Settle, TaskControl, TaskResult, TaskRunner
 
@@ -34,6 +35,7 @@ class Worker:
         requeue_delay_seconds: float = 2.0,
         reconnect_seconds: float = 5.0,
         cleanup_wait_seconds: float = 120.0,
+        metrics: ConsumerMetrics | None = None,
     ) -> None:
         self.broker = broker
         self.runner = runner
@@ -43,6 +45,7 @@ class Worker:
         self.requeue_delay_seconds = requeue_delay_seconds
         self.reconnect_seconds = reconnect_seconds
         self.cleanup_wait_seconds = cleanup_wait_seconds
+        self.metrics = metrics or ConsumerMetrics()
         self.processed = 0
         # The latest tasks' results (outcome and phase timings), newest last.
         self.results: collections.deque[TaskResult] = collections.deque(maxlen=100)
@@ -178,7 +181,9 @@ class Worker:
         if handed != uid:
             log.info("the message of task %s was handed task %s (fair order across keys)", uid, handed)
         self._running_uid = handed
-        self.results.append(self.runner.run(claimed.claim, control))
+        result = self.runner.run(claimed.claim, control)
+        self.results.append(result)
+        self.metrics.task_done(claimed.claim, result)
 
     def _keep_connection_alive(self, settled: threading.Event) -> None:
         """Pump pika for a while (the task thread wakes it once settled); a lost connection does not stop the task."""

@@ -15,10 +15,11 @@ from private_api.config import Settings, get_settings
 from private_api.db import make_engine, make_sessionmaker, migrate
 from private_api.errors import install_handlers
 from private_api.leases import LeaseRule
+from private_api.metrics import make_registry
 from private_api.orm import utcnow
 from private_api.publisher import Publisher
 from private_api.retention import Sweeper, retention_of
-from private_api.routes import audit, consumer, consumers, health, keys, models, tasks
+from private_api.routes import audit, consumer, consumers, health, keys, metrics, models, tasks
 from private_api.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.sessions = make_sessionmaker(engine)
         app.state.keyring = Keyring(engine, settings)
+        app.state.metrics = make_registry(
+            app.state.sessions, stale_seconds=settings.consumer_stale_seconds, data_dir=settings.data_dir
+        )
         # Leases count from this start at the earliest: every holder gets a full lease to check in.
         app.state.lease_rule = LeaseRule(seconds=settings.lease_seconds, since=utcnow())
         app.state.publisher = Publisher(
@@ -73,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redirect_slashes=False,
     )
     install_handlers(app)
-    routers = (models, tasks, keys, audit, consumer, consumers, health)
+    routers = (models, tasks, keys, audit, consumer, consumers, health, metrics)
     for router in routers:
         app.include_router(router.router)
     app.add_middleware(StripTrailingSlash)

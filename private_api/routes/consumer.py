@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from common.schemas import size_in_bytes
-from private_api import crud, crud_models, crud_tasks, leases, model_zips
+from private_api import crud, crud_models, crud_tasks, leases, metrics, model_zips
 from private_api.deps import (
     InternalAuth,
     InternalTaskUid,
@@ -103,6 +103,7 @@ async def get_input(uid: InternalTaskUid, sessions: SessionsDep, storage: Storag
     path = storage.input_path(uid)
     if not path.exists():
         raise UnknownTask(f"the input of task {uid!r} is gone")
+    metrics.count_sent("input", path)
     return ZipFileResponse(path, media_type="application/zip", filename=f"{uid}-input.zip")
 
 
@@ -131,6 +132,7 @@ async def get_model_zip(hid: str, sessions: SessionsDep, storage: StorageDep, sh
     path = storage.model_zip_path(model_id, found)
     if not path.exists():
         raise ModelNotFound(f"the zip {found[:16]} of model {hid!r} is gone")
+    metrics.count_sent("model", path)
     response = ZipFileResponse(path, media_type="application/zip", filename=f"{hid}.zip")
     response.headers["X-Zip-Sha256"] = found
     return response
@@ -178,6 +180,7 @@ async def put_output(
         received = await receive_body(request, storage.temp_path(), _output_bytes(max_size))
     except UploadTooLarge as exc:
         raise UploadTooLarge(f"the output is larger than the model's max_output_size ({max_size})") from exc
+    metrics.count_received("output", received.size)
     try:
         await run_in_threadpool(_check_output, received.path)
         await run_in_threadpool(_require_holder, sessions, uid, consumer_id, attempt)

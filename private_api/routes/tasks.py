@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from common.openapi import TASK_ANSWERS, TASK_POLL_ANSWERS, TASK_POST_ANSWERS, answers, zip_form
 from common.schemas import HID_PATTERN, MAX_OFFSET, MAX_PAGE, TaskOut, TaskPage, TaskStatus
-from private_api import audit, crud, crud_consumers, crud_models, idempotency, model_zips
+from private_api import audit, crud, crud_consumers, crud_models, idempotency, metrics, model_zips
 from private_api.auth import Authenticated, Caller, CallerDep
 from private_api.config import Settings
 from private_api.deps import (
@@ -159,6 +159,7 @@ async def create_task(
         uid = await run_in_threadpool(_store, sessions, storage, uid, hid, caller, zip_in, idempotency_key)
     finally:
         zip_in.path.unlink(missing_ok=True)
+    metrics.count_submission(hid)
     publisher.wake()
     return uid
 
@@ -236,6 +237,7 @@ async def get_task_output(
 ) -> ZipFileResponse:
     """Poll a task; when it is finished, the answer is its output zip (streamed, no database connection held)."""
     output = await run_in_threadpool(_poll, engine, storage, uid, caller, retention_of(settings))
+    metrics.count_sent("output", output)
     return ZipFileResponse(output, media_type="application/zip", filename=f"{uid}.zip")
 
 

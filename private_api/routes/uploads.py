@@ -11,6 +11,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from common.zips import UnsafeZipError, ZipSettings, check_zip
+from private_api import metrics
 from private_api.config import Settings
 from private_api.errors import BadUpload, DiskFull
 from private_api.receiving import Received, disk_full, receive_multipart_file
@@ -48,6 +49,7 @@ async def receive_zip(request: Request, *, storage: Storage, settings: Settings)
     received = await receive_multipart_file(request, "zip_file", storage.temp_path(), settings.max_upload_bytes)
     if received is None:
         return None
+    metrics.count_received("model" if request.url.path.startswith("/api/models") else "input", received.size)
     try:
         if received.size == 0:
             raise BadUpload("the uploaded zip_file is empty")

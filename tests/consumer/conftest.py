@@ -269,6 +269,7 @@ def consumer_env(api: PrivateApi, amqp_url: str, consumer_id: str, work_dir: Pat
         "GPU_PROBE_IMAGE": os.environ.get("BUSYBOX_IMAGE", "inference-server-ci/busybox"),
         "PULL_MISSING_IMAGES": "false",
         "LOG_LEVEL": "INFO",
+        "METRICS_PORT": "0",  # no metrics server unless a test asks for one (a fixed port would collide)
         **extra,
     }
 

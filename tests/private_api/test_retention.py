@@ -83,7 +83,7 @@ def test_input_goes_at_the_end_output_after_retention_then_553_expired(settings:
         add_model(api, "m")
         uid = _run(api, output=make_zip({"seg.txt": "ok"}), log="done\n")
         _wait_for(lambda: not _files(settings, uid)["input"])
-        assert _row(settings, uid).input_removed_at is not None
+        _wait_for(lambda: _row(settings, uid).input_removed_at is not None)  # marked once the file is gone
         status = api.get(f"/api/tasks/{uid}/status").json()
         finished = datetime.fromisoformat(status["finished_at"])
         assert datetime.fromisoformat(status["expires_at"]) == finished + timedelta(seconds=2.5)
