@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy import event
 from starlette.concurrency import run_in_threadpool
 
 from common.http import StripTrailingSlash
@@ -16,8 +17,9 @@ from private_api.errors import install_handlers
 from private_api.leases import LeaseRule
 from private_api.orm import utcnow
 from private_api.publisher import Publisher
-from private_api.routes import consumer, consumers, health, models, tasks
+from private_api.routes import consumer, consumers, health, models, tasks, webhooks
 from private_api.storage import Storage
+from private_api.watching import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +50,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.publisher.start()
         app.state.publisher.wake()
+        app.state.watcher = Watcher(engine, interval=settings.wait_interval_seconds)
+        app.state.watcher.start()
+        # Every commit of this process may have changed a watched task: its waiters are answered at once.
+        event.listen(app.state.sessions, "after_commit", lambda _session: app.state.watcher.poke())
         log.info("private API ready (database %s)", engine.url.render_as_string(hide_password=True))
         try:
             yield
         finally:
+            await app.state.watcher.stop()
             app.state.publisher.stop()
             engine.dispose()
 
@@ -62,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redirect_slashes=False,
     )
     install_handlers(app)
-    for router in (models.router, tasks.router, consumer.router, consumers.router, health.router):
+    for router in (models.router, tasks.router, consumer.router, consumers.router, health.router, webhooks.router):
         app.include_router(router)
     app.add_middleware(StripTrailingSlash)
     return app
