@@ -1,10 +1,10 @@
 """Webhook deliveries, as the tasks table keeps them: due ones leased to a sender, outcomes, the state users see.
 
-A task submitted with a `callback_url` gets `webhook_state` "pending" and `webhook_next_at` its submission time at
-once; its delivery is due from the moment the task has ended (finished, failed or cancelled, whichever way it ended). A sender leases due deliveries for
-`lease_seconds` (a sender that dies mid-send leaves them due again), and reports each attempt: delivered, or failed
-and due again after a backoff, or "failed" for good once the next try would fall past `give_up_seconds` after the
-task ended, or at once for a URL or address the sender refuses.
+A task submitted with a `callback_url` gets `webhook_state` "pending" and `webhook_next_at` its submission time;
+its delivery is due from the moment the task has ended (finished, failed or cancelled, whichever way it ended). A
+sender leases due deliveries for `lease_seconds` (a sender that dies mid-send leaves them due again) and reports
+each attempt: delivered; or failed and due again after a backoff; or "failed" for good once the next try would
+fall past `give_up_seconds` after the task ended, or at once for a URL or address the sender refuses.
 """
 
 from __future__ import annotations

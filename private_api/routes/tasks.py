@@ -38,8 +38,8 @@ from private_api.errors import (
     TaskNotFound,
     TaskPending,
 )
-from private_api.routes.uploads import disk_errors, receive_zip
 from private_api.orm import utcnow
+from private_api.routes.uploads import disk_errors, receive_zip
 from private_api.storage import Received, Storage, land
 from private_api.watching import Fingerprint, fingerprint
 
