@@ -11,9 +11,16 @@ import httpx
 import pytest
 from sqlalchemy import update
 
+from private_api.config import Settings
 from private_api.orm import Task
 from tests.private_api.conftest import AUTH, LiveServer
 from tests.private_api.helpers import make_zip
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The suite's settings with a lease that outlasts a test (an expired lease would change the task)."""
+    return settings.model_copy(update={"lease_seconds": 120.0, "wait_interval_seconds": 0.5})
 
 
 def _client(live: LiveServer) -> httpx.Client:
