@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import update
 
 from private_api.config import Settings
@@ -84,7 +85,7 @@ def test_wait_answers_when_the_task_ends_not_before(live: LiveServer) -> None:
 
 
 def test_progress_written_elsewhere_is_seen_on_the_next_read(live: LiveServer) -> None:
-    app = live.server.config.app
+    app = app_of(live)
     with _client(live) as http:
         uid = _running_task(http)
         waiting = Waiting(live.url, uid, 30)
@@ -122,7 +123,7 @@ async def _wait_many(url: str, uid: str, count: int) -> list[httpx.Response]:
 
 
 def test_200_waiting_clients_hold_no_database_connection(live: LiveServer, db_url: str) -> None:
-    app = live.server.config.app
+    app = app_of(live)
     watcher, pool = app.state.watcher, app.state.engine.pool
     with _client(live) as http:
         uid = _running_task(http)
@@ -180,3 +181,10 @@ def test_wait_through_the_public_relay(live: LiveServer) -> None:
                 assert outside.get(f"/api/tasks/{uid}/status", params={"wait": 61}).status_code == 422
     finally:
         public.stop()
+
+
+def app_of(live: LiveServer) -> FastAPI:
+    """The private API app a live server serves."""
+    app = app_of(live)
+    assert isinstance(app, FastAPI)
+    return app

@@ -18,6 +18,7 @@ from private_api.config import Settings
 from private_api.crud_webhooks import RetryPolicy, record_result
 from tests.private_api.conftest import AUTH, TOKEN, LiveServer
 from tests.private_api.helpers import make_zip
+from tests.private_api.test_wait import app_of
 from webhooks.config import Settings as SenderSettings
 from webhooks.sending import Resolver, resolve
 from webhooks.service import Sender
@@ -49,7 +50,7 @@ class Receiver:
                 code = receiver.codes.pop(0) if receiver.codes else 200
                 self.send_response(code)
                 if code in (301, 302):
-                    self.send_header("Location", f"http://127.0.0.1:{self.server.server_address[1]}/elsewhere")
+                    self.send_header("Location", "/elsewhere")
                 self.send_header("Content-Length", "2")
                 self.end_headers()
                 self.wfile.write(b"no")
@@ -190,7 +191,7 @@ def test_given_up_once_the_next_try_falls_past_the_window(live: LiveServer, http
     uid = _ended_task(http, "https://hooks.example.test/x")
     assert len(http.post("/internal/webhooks/due").json()) == 1
     policy = RetryPolicy(backoff_seconds=10, give_up_seconds=5)
-    with live.server.config.app.state.sessions() as session:
+    with app_of(live).state.sessions() as session:
         out = record_result(session, uid=uid, attempt=1, ok=False, error="HTTP 503", permanent=False, policy=policy)
     assert out["state"] == "failed" and out["attempts"] == 1 and out["last_error"] == "HTTP 503"
     assert _webhook(http, uid)["state"] == "failed"
