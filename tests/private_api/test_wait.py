@@ -185,6 +185,6 @@ def test_wait_through_the_public_relay(live: LiveServer) -> None:
 
 def app_of(live: LiveServer) -> FastAPI:
     """The private API app a live server serves."""
-    app = app_of(live)
+    app = live.server.config.app
     assert isinstance(app, FastAPI)
     return app
