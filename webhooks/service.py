@@ -91,7 +91,11 @@ class Sender:
 
     def run(self, stop: threading.Event) -> None:
         """Deliver until stop is set; a private API that is away is tried again on the next round."""
-        log.info("webhook sender ready (allowed hosts: %s)", ", ".join(sorted(self.allowed)) or "none")
+        if not self.allowed:
+            log.info("webhooks are off (WEBHOOK_ALLOWED_HOSTS is empty): no callback is accepted; idle")
+            stop.wait()
+            return
+        log.info("webhook sender ready (allowed hosts: %s)", ", ".join(sorted(self.allowed)))
         while not stop.is_set():
             try:
                 tried = self.run_once()
