@@ -83,7 +83,7 @@ class StateSpinner:
     def describe(self, status: TaskStatus, *, with_bar: bool = False) -> str:
         """One line about where the task stands."""
         text = f"task {self.uid}: {status.status}"
-        if status.phase and status.phase != status.status:
+        if status.status == "running" and status.phase and status.phase != "running":
             text += f" ({status.phase})"
         if status.status == "pending" and status.queue_position is not None:
             text += f" (queue position {status.queue_position})"

@@ -49,7 +49,9 @@ class Relay:
     settings: Settings
     caller: Caller
 
-    async def send(self, method: str, path: str, *, owned: bool, with_body: bool = False) -> Response:
+    async def send(
+        self, method: str, path: str, *, owned: bool, with_body: bool = False, waiting: bool = False
+    ) -> Response:
         """Relay to `path`; `owned` calls carry the caller's owner id: the private API scopes tasks by it."""
         return await relay(
             self.request,
@@ -59,6 +61,7 @@ class Relay:
             path=path,
             owner=self.caller.owner if owned else None,
             with_body=with_body,
+            waiting=waiting,
         )
 
 

@@ -102,7 +102,7 @@ def test_progress_shows_as_a_bar_on_a_terminal_and_as_lines_otherwise() -> None:
         f"task {UID}: running (preparing)",
         f"task {UID}: running 25%",
         f"task {UID}: running 50% fold 2",
-        f"task {UID}: finished (uploading)",
+        f"task {UID}: finished",
     ]
     terminal = Terminal()
     spinner = StateSpinner(UID, stream=terminal)
