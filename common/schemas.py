@@ -187,6 +187,9 @@ class TaskQuery(BaseModel):
     model_human_readable_id: str | None = Field(
         default=None, pattern=HID_PATTERN, description="alias of human_readable_id"
     )
+    callback_url: str | None = Field(
+        default=None, max_length=2048, description="POSTed the final status JSON, signed (hosts the server allows)"
+    )
 
 
 class Paging(BaseModel):

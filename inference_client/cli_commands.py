@@ -154,6 +154,7 @@ class Cli(KeysCommands):
                 progress=bar.update,
                 on_busy=lambda s: self.note(f"server busy; retry in {s:.0f} s"),
                 idempotency_key=a.idempotency_key,
+                callback_url=a.callback_url,
             )
         if not (a.wait or a.output):
             self.out({"uid": uid}, uid)
@@ -212,6 +213,10 @@ class Cli(KeysCommands):
         written = self._download(a.uid, output)
         self.out({"uid": a.uid, "output": str(written)}, f"output of task {a.uid} in {written}")
         return 0
+
+    def tasks_wait(self) -> int:
+        """`tasks wait`: wait until the task has ended; exit code by its final state."""
+        return self._wait_and_fetch(self.args.uid, None)
 
     def tasks_status(self) -> int:
         """`tasks status`."""

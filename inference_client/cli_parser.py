@@ -171,7 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument(
         "-o", "--output", help="where the output goes: a folder, or a path ending in .zip (implies --wait)"
     )
+    submit.add_argument(
+        "--callback-url", metavar="URL", help="the server POSTs the final status here (hosts the server allows)"
+    )
     _wait_options(submit)
+    wait = task_commands.add_parser(
+        "wait", parents=[common], help="wait until a task has ended, showing its phase and progress"
+    )
+    wait.add_argument("uid")
+    _wait_options(wait)
     for name, text in (
         ("status", "show where a task stands"),
         ("logs", "print the model's stdout/stderr"),

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+import httpx
+
 from common.zips import ZipLimits
 from inference_client.admin import AdminCalls
 from inference_client.downloads import is_zip_path, save_output
@@ -22,7 +24,7 @@ from inference_client.http import DEFAULT_TIMEOUT
 from inference_client.keys import KeysApi
 from inference_client.results import Model, TaskPage, TaskStatus
 from inference_client.uploads import Body, InputSource, ProgressCallback, input_body, model_zip_body
-from inference_client.waiting import wait_until_final
+from inference_client.waiting import MAX_WAIT_SECONDS, wait_until_final
 
 __all__ = ["DEFAULT_TIMEOUT", "InferenceClient", "InputSource", "is_zip_path"]
 
@@ -140,19 +142,22 @@ class InferenceClient(AdminCalls, KeysApi):
         progress: ProgressCallback | None = None,
         on_busy: Callable[[float], None] | None = None,
         idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> str:
         """Post an input (folder, zip path, zip bytes or binary file) for a model; returns the task uid.
 
         Every submission carries an `Idempotency-Key` (a new random one unless given; the same on the SDK's own
         retries): sent again within 24 h it answers the same uid instead of making a second task.
+        `callback_url`: the server POSTs the task's final status JSON there, signed (only to hosts it allows).
         """
         if not model:
             raise BadRequestError("a model's human_readable_id must not be empty")
         body = self.input_body(input)
         headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
-        response = self._send_body(
-            "POST", "/api/tasks/", {"human_readable_id": model}, body, progress, on_busy, headers=headers
-        )
+        params = {"human_readable_id": model}
+        if callback_url:
+            params["callback_url"] = callback_url
+        response = self._send_body("POST", "/api/tasks/", params, body, progress, on_busy, headers=headers)
         uid = self._json(response)
         if not isinstance(uid, str):
             raise InferenceServerError(f"expected the task uid as a JSON string, got {str(uid)[:200]}")
@@ -163,10 +168,21 @@ class InferenceClient(AdminCalls, KeysApi):
         """The multipart body for a task input, checked locally where it is a path."""
         return input_body(input)
 
-    def status(self, uid: str) -> TaskStatus:
-        """Where a task stands (status, queue position, attempt, exit code, error)."""
-        data = self._json(self._request("GET", f"/api/tasks/{self._uid(uid)}/status"))
-        return TaskStatus.model_validate(data)
+    def status(self, uid: str, *, wait: float | None = None) -> TaskStatus:
+        """Where a task stands (status, phase, progress, queue position, attempt, exit code, error).
+
+        With `wait` (0 < wait <= 60 seconds) the server answers as soon as the status, phase or progress changes,
+        or after `wait` seconds with the unchanged status (a long poll); a task that has ended answers at once.
+        """
+        path = f"/api/tasks/{self._uid(uid)}/status"
+        if wait is None:
+            return TaskStatus.model_validate(self._json(self._request("GET", path)))
+        if not 0 < wait <= MAX_WAIT_SECONDS:
+            raise BadRequestError(f"wait must be more than 0 and at most {MAX_WAIT_SECONDS:g} seconds")
+        base = self._http.timeout
+        timeout = httpx.Timeout(connect=base.connect, read=wait + 30.0, write=base.write, pool=base.pool)
+        response = self._request("GET", path, params={"wait": f"{wait:g}"}, timeout=timeout)
+        return TaskStatus.model_validate(self._json(response))
 
     def logs(self, uid: str) -> str:
         """The model container's stdout/stderr so far (bounded by the server)."""
@@ -205,16 +221,23 @@ class InferenceClient(AdminCalls, KeysApi):
         poll_max: float = 30.0,
         on_status: Callable[[TaskStatus], None] | None = None,
         sleep: Callable[[float], None] | None = None,
+        long_poll: bool = True,
     ) -> TaskStatus:
-        """Poll with backoff until the task is finished, failed or cancelled; returns its final status."""
+        """Wait until the task is finished, failed or cancelled; returns its final status.
+
+        Long polls (`status(uid, wait=60)`): `on_status` sees every change of status, phase and progress as it
+        happens. Against a server that ignores `wait`, or with `long_poll=False`, plain polls with backoff from
+        `poll_initial` to `poll_max` seconds.
+        """
         return wait_until_final(
             uid,
-            self.status,
+            lambda u, w: self.status(u, wait=w),
             timeout=timeout,
             poll_initial=poll_initial,
             poll_max=poll_max,
             on_status=on_status,
             sleep=sleep or self._sleep,
+            long_poll=long_poll,
         )
 
     def download(

@@ -1,9 +1,10 @@
-"""Terminal feedback for the CLI: byte progress bars and a spinner showing a task's state while waiting."""
+"""Terminal feedback for the CLI: byte progress bars, and a task's state and progress while waiting."""
 
 from __future__ import annotations
 
 import itertools
 import sys
+import threading
 import time
 from types import TracebackType
 from typing import TextIO
@@ -50,9 +51,15 @@ class ByteBar:
 
 
 class StateSpinner:
-    """Shows a task's state while waiting: an animated line on a terminal, one line per change otherwise."""
+    """Shows a task's state while waiting.
+
+    On a terminal: one redrawn line with a spinner, the phase, a progress bar when the model reports progress, and
+    the time waited (a small thread keeps it turning while a long poll blocks). Otherwise one line per change of
+    status, phase, message or whole percent.
+    """
 
     _FRAMES = "|/-\\"
+    _BAR = 20
 
     def __init__(self, uid: str, *, enabled: bool = True, stream: TextIO | None = None) -> None:
         self.uid = uid
@@ -62,45 +69,74 @@ class StateSpinner:
         self._frames = itertools.cycle(self._FRAMES)
         self._start = time.monotonic()
         self._last_line = ""
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
 
-    def describe(self, status: TaskStatus) -> str:
+    @classmethod
+    def bar(cls, fraction: float) -> str:
+        """A text progress bar: `[#######-------------]  35%`."""
+        fraction = min(max(fraction, 0.0), 1.0)
+        done = int(fraction * cls._BAR)
+        return f"[{'#' * done}{'-' * (cls._BAR - done)}] {int(fraction * 100):3d}%"
+
+    def describe(self, status: TaskStatus, *, with_bar: bool = False) -> str:
         """One line about where the task stands."""
         text = f"task {self.uid}: {status.status}"
+        if status.status == "running" and status.phase and status.phase != "running":
+            text += f" ({status.phase})"
         if status.status == "pending" and status.queue_position is not None:
             text += f" (queue position {status.queue_position})"
         if status.attempt and status.attempt > 1:
             text += f" (attempt {status.attempt})"
+        if status.progress is not None and not status.is_final:
+            text += " " + (self.bar(status.progress) if with_bar else f"{int(status.progress * 100)}%")
+        if status.progress_message and not status.is_final:
+            text += f" {status.progress_message}"
         return text
 
     def __call__(self, status: TaskStatus) -> None:
         """Report a fresh status."""
         if not self.enabled:
             return
-        line = self.describe(status)
+        line = self.describe(status, with_bar=self._tty)
         if not self._tty and line != self._last_line:
             self.stream.write(line + "\n")
             self.stream.flush()
-        self._last_line = line
+        with self._lock:
+            self._last_line = line
         self._draw()
+        if self._tty and self._ticker is None:
+            self._ticker = threading.Thread(target=self._tick, name="progress-line", daemon=True)
+            self._ticker.start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(0.2):
+            self._draw()
 
     def _draw(self) -> None:
         """Redraw the animated line (terminals only)."""
-        if not (self.enabled and self._tty and self._last_line):
+        if not (self.enabled and self._tty):
             return
-        elapsed = int(time.monotonic() - self._start)
-        stamp = f"{elapsed // 3600}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d}"
-        self.stream.write(f"\r\x1b[K{next(self._frames)} {self._last_line}  {stamp}")
-        self.stream.flush()
+        with self._lock:
+            if not self._last_line or self._stop.is_set():
+                return
+            elapsed = int(time.monotonic() - self._start)
+            stamp = f"{elapsed // 3600}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d}"
+            self.stream.write(f"\r\x1b[K{next(self._frames)} {self._last_line}  {stamp}")
+            self.stream.flush()
 
     def sleep(self, seconds: float) -> None:
-        """Sleep between polls while keeping the spinner turning."""
-        end = time.monotonic() + seconds
-        while (left := end - time.monotonic()) > 0:
-            time.sleep(min(left, 0.2))
-            self._draw()
+        """Sleep between polls (the line keeps turning on its own)."""
+        time.sleep(seconds)
 
     def close(self) -> None:
         """End the spinner's line."""
-        if self.enabled and self._tty and self._last_line:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=1)
+            self._ticker = None
+        with self._lock:
+            if self.enabled and self._tty and self._last_line:
+                self.stream.write("\r\x1b[K")
+                self.stream.flush()

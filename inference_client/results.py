@@ -58,6 +58,11 @@ class TaskStatus(_Result):
     input_size: int | None = None
     output_size: int | None = None
     expires_at: datetime | None = None
+    # What runs and how far (servers before these fields leave them None).
+    phase: str | None = None
+    phase_started_at: datetime | None = None
+    progress: float | None = None
+    progress_message: str | None = None
 
     @property
     def is_final(self) -> bool:

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from common.keys import BootstrapKeys
 from common.settings import ServiceSettings
+from common.webhooks import parse_allowed_hosts
 from common.zips import ZipSettings
 
 
@@ -51,11 +52,26 @@ class Settings(ServiceSettings, ZipSettings):
     # sha256 of such a key (as before keys were in the database, so older tasks stay visible).
     api_keys: BootstrapKeys = Field(default_factory=list)
     admin_api_keys: BootstrapKeys = Field(default_factory=list)
+    # Waiting (`status?wait=S`): seconds between two reads of every watched task (changes here are seen at once).
+    wait_interval_seconds: float = Field(default=0.5, gt=0, le=10)
+    # Webhooks: hosts a callback_url may name (empty: callbacks refused); the webhooks service reads it too.
+    webhook_allowed_hosts: str = ""
+    # Backoff after a failed delivery (doubling up to the max), given up this long after the task ended.
+    webhook_backoff_seconds: float = Field(default=10.0, gt=0)
+    webhook_backoff_max_seconds: float = Field(default=3600.0, gt=0)
+    webhook_give_up_seconds: float = Field(default=86400.0, gt=0)
+    # A delivery handed to a sender is not handed out again for this long (a sender that died mid-send).
+    webhook_lease_seconds: float = Field(default=60.0, gt=0)
 
     @property
     def db_url(self) -> str:
         """DATABASE_URL, or an SQLite file under DATA_DIR."""
         return self.database_url or f"sqlite:///{self.data_dir / 'inference.sqlite3'}"
+
+    @property
+    def webhook_hosts(self) -> frozenset[str]:
+        """WEBHOOK_ALLOWED_HOSTS as a set of lowercased host names and `*.` patterns."""
+        return parse_allowed_hosts(self.webhook_allowed_hosts)
 
     @property
     def zip_limits(self) -> ZipSettings:

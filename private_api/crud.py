@@ -144,10 +144,25 @@ def task_out(
         progress=task.progress,
         progress_message=task.progress_message,
         provenance=json.loads(task.provenance) if task.provenance else None,
-        # TODO(webhooks): webhook (state, attempts, last_error, next_at, delivered_at).
         callback_url=task.callback_url,
+        webhook=webhook_out(task),
         expires_at=None if retention is None else task_expires_at(task, retention),
     )
+
+
+def webhook_out(task: Task) -> dict[str, Any] | None:
+    """The `webhook` of the status JSON (state, attempts, last_error, next_at, delivered_at); None without one."""
+    if not task.callback_url:
+        return None
+    state = task.webhook_state or "pending"
+    return {
+        "url": task.callback_url,
+        "state": state,
+        "attempts": task.webhook_attempts or 0,
+        "last_error": task.webhook_last_error,
+        "next_at": task.webhook_next_at if state == "pending" and task.status in FINAL_STATES else None,
+        "delivered_at": task.webhook_delivered_at,
+    }
 
 
 def list_tasks(

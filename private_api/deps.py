@@ -15,6 +15,7 @@ from private_api.config import Settings
 from private_api.errors import TaskNotFound, Unauthorized, UnknownTask
 from private_api.publisher import Publisher
 from private_api.storage import Storage
+from private_api.watching import Watcher
 
 
 def _session(request: Request) -> Iterator[Session]:
@@ -41,6 +42,11 @@ async def _storage(request: Request) -> Storage:
 async def _publisher(request: Request) -> Publisher:
     publisher: Publisher = request.app.state.publisher
     return publisher
+
+
+async def _watcher(request: Request) -> Watcher:
+    watcher: Watcher = request.app.state.watcher
+    return watcher
 
 
 async def require_internal_token(request: Request, x_internal_token: Annotated[str | None, Header()] = None) -> None:
@@ -79,4 +85,5 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 StorageDep = Annotated[Storage, Depends(_storage)]
 PublisherDep = Annotated[Publisher, Depends(_publisher)]
 EngineDep = Annotated[Engine, Depends(_engine)]
+WatcherDep = Annotated[Watcher, Depends(_watcher)]
 InternalAuth = Depends(require_internal_token)

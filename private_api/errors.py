@@ -92,6 +92,12 @@ class BadUpload(ApiError):
     status_code = 400
 
 
+class CallbackRefused(ApiError):
+    """A callback_url this server does not call (scheme, credentials, host not in WEBHOOK_ALLOWED_HOSTS)."""
+
+    status_code = 400
+
+
 class UploadTooLarge(ApiError):
     """The upload is over the configured maximum size."""
 

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy import event
 from starlette.concurrency import run_in_threadpool
 
 from common.http import StripTrailingSlash
@@ -19,8 +20,9 @@ from private_api.metrics import make_registry
 from private_api.orm import utcnow
 from private_api.publisher import Publisher
 from private_api.retention import Sweeper, retention_of
-from private_api.routes import audit, consumer, consumers, health, keys, metrics, models, tasks
+from private_api.routes import audit, consumer, consumers, health, keys, metrics, models, tasks, webhooks
 from private_api.storage import Storage
+from private_api.watching import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +64,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             interval=settings.retention_interval_seconds,
         )
         app.state.sweeper.start()
+        app.state.watcher = Watcher(engine, interval=settings.wait_interval_seconds)
+        app.state.watcher.start()
+        # Every commit of this process may have changed a watched task: its waiters are answered at once.
+        event.listen(app.state.sessions, "after_commit", lambda _session: app.state.watcher.poke())
         log.info("private API ready (database %s)", engine.url.render_as_string(hide_password=True))
         try:
             yield
         finally:
+            await app.state.watcher.stop()
             app.state.sweeper.stop()
             app.state.publisher.stop()
             engine.dispose()
@@ -77,7 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redirect_slashes=False,
     )
     install_handlers(app)
-    routers = (models, tasks, keys, audit, consumer, consumers, health, metrics)
+    routers = (models, tasks, keys, audit, consumer, consumers, health, metrics, webhooks)
     for router in routers:
         app.include_router(router.router)
     app.add_middleware(StripTrailingSlash)

@@ -31,6 +31,8 @@ class Settings(ServiceSettings):
     private_api_max_connections: int = Field(default=200, ge=1)
     # Uploads have a pool of their own: slow or stalled uploads can never take a connection a poll needs.
     private_api_max_uploads: int = Field(default=100, ge=1)
+    # Long polls (`status?wait=S`) too: each waiting caller holds one of these for up to a minute.
+    private_api_max_waits: int = Field(default=1000, ge=1)
     # Seconds an upload may send nothing before it is dropped (408); the private API reads the same variable.
     upload_idle_timeout_seconds: float = Field(default=300.0, gt=0)
 

@@ -49,7 +49,7 @@ class Relay:
     settings: Settings
     caller: Caller
 
-    async def send(self, method: str, path: str, *, with_body: bool = False) -> Response:
+    async def send(self, method: str, path: str, *, with_body: bool = False, waiting: bool = False) -> Response:
         """Relay to `path` with the hash of the caller's key: the private API checks it and scopes tasks by it."""
         return await relay(
             self.request,
@@ -59,6 +59,7 @@ class Relay:
             path=path,
             key_sha256=self.caller.key_sha256,
             with_body=with_body,
+            waiting=waiting,
         )
 
 

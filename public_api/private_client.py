@@ -57,13 +57,17 @@ _QUERY_SAFE = "!$&'()*+,;=:@/?%-._~"
 
 @dataclass(frozen=True)
 class Upstream:
-    """The private API as the relay reaches it: one pool for uploads, one for every other call."""
+    """The private API as the relay reaches it: one pool for uploads, one for long polls, one for every other call."""
 
     calls: httpx.AsyncClient
     uploads: httpx.AsyncClient
+    # `status?wait=S` calls hold a connection for up to a minute: a pool of their own, so they never starve polls.
+    waits: httpx.AsyncClient | None = None
 
-    def pool(self, with_body: bool) -> httpx.AsyncClient:
+    def pool(self, with_body: bool, waiting: bool = False) -> httpx.AsyncClient:
         """The pool a call goes through."""
+        if waiting and self.waits is not None:
+            return self.waits
         return self.uploads if with_body else self.calls
 
 
@@ -75,8 +79,9 @@ async def open_upstream(settings: Settings) -> AsyncIterator[Upstream]:
     async with (
         _client(settings, settings.private_api_max_connections) as calls,
         _client(settings, settings.private_api_max_uploads) as uploads,
+        _client(settings, settings.private_api_max_waits) as waits,
     ):
-        yield Upstream(calls=calls, uploads=uploads)
+        yield Upstream(calls=calls, uploads=uploads, waits=waits)
 
 
 def _client(settings: Settings, max_connections: int) -> httpx.AsyncClient:
@@ -203,9 +208,10 @@ async def relay(
     path: str,
     key_sha256: str | None,
     with_body: bool = False,
+    waiting: bool = False,
 ) -> Response:
     """Send one public call on to the private API and stream its answer back, status code unchanged."""
-    client = upstream.pool(with_body)
+    client = upstream.pool(with_body, waiting)
     upload = _Upload(request, settings.upload_idle_timeout_seconds) if with_body else None
     upstream_request = client.build_request(
         method,

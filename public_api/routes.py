@@ -159,9 +159,16 @@ async def delete_task(uid: str, relay: RelayDep) -> Response:
     return await relay.send("DELETE", _task_path(uid))
 
 
-async def task_status(uid: str, relay: RelayDep) -> Response:
-    """Status, model, timestamps, queue position, attempt, exit code, error."""
-    return await relay.send("GET", _task_path(uid, "/status"))
+async def task_status(
+    uid: str,
+    relay: RelayDep,
+    wait: Annotated[
+        float | None,
+        Query(gt=0, le=60, description="answer when status, phase or progress changes, or after this many seconds"),
+    ] = None,
+) -> Response:
+    """Status, phase, progress, model, timestamps, queue position, attempt, exit code, error; `wait`: a long poll."""
+    return await relay.send("GET", _task_path(uid, "/status"), waiting=wait is not None)
 
 
 async def task_logs(uid: str, relay: RelayDep) -> Response:

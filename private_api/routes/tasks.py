@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from common.openapi import TASK_ANSWERS, TASK_POLL_ANSWERS, TASK_POST_ANSWERS, answers, zip_form
-from common.schemas import HID_PATTERN, MAX_OFFSET, MAX_PAGE, TaskOut, TaskPage, TaskStatus
+from common.schemas import FINAL_STATES, HID_PATTERN, MAX_OFFSET, MAX_PAGE, TaskOut, TaskPage, TaskStatus
+from common.webhooks import MAX_URL_LENGTH, url_problem
 from private_api import audit, crud, crud_consumers, crud_models, idempotency, metrics, model_zips
 from private_api.auth import Authenticated, Caller, CallerDep
 from private_api.config import Settings
@@ -27,8 +28,10 @@ from private_api.deps import (
     SettingsDep,
     StorageDep,
     TaskUid,
+    WatcherDep,
 )
 from private_api.errors import (
+    CallbackRefused,
     Forbidden,
     InvalidRequest,
     ModelNotFound,
@@ -40,9 +43,14 @@ from private_api.errors import (
     TaskNotFound,
     TaskPending,
 )
+from private_api.orm import utcnow
 from private_api.retention import Retention, expired_at, retention_of
 from private_api.routes.uploads import disk_errors, receive_zip
 from private_api.storage import Received, Storage, land
+from private_api.watching import Fingerprint, fingerprint
+
+# The longest `wait` of a status call.
+MAX_WAIT_SECONDS = 60.0
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"], dependencies=[InternalAuth, Authenticated])
 
@@ -87,6 +95,7 @@ def _store(
     caller: Caller,
     zip_in: Received,
     key: str | None,
+    callback_url: str | None = None,
 ) -> str:
     """Land the input zip and commit the task row (the file is in place before the row says so); the uid answered:
     another one when a concurrent request with the same Idempotency-Key stored its task first."""
@@ -100,6 +109,8 @@ def _store(
             task = crud.create_task(
                 session, uid=uid, model=model, owner=caller.owner, input_size=zip_in.size, input_sha256=zip_in.sha256
             )
+            if callback_url:  # due from the moment the task has ended (crud_webhooks)
+                task.callback_url, task.webhook_state, task.webhook_next_at = callback_url, "pending", utcnow()
             audit.record(session, caller, "task.create", uid, model=hid, model_version=task.model_version)
             session.commit()
         except IntegrityError:
@@ -141,6 +152,9 @@ async def create_task(
             description="the same key (per owner, 24 h) answers the same task uid instead of making a second task",
         ),
     ] = None,
+    callback_url: Annotated[
+        str | None, Query(max_length=MAX_URL_LENGTH, description="POSTed the final status (allowed hosts only)")
+    ] = None,
 ) -> str:
     """Submit a zip of input for a model; answers the new task's uid once it is stored and queued."""
     if human_readable_id and model_human_readable_id and human_readable_id != model_human_readable_id:
@@ -148,6 +162,8 @@ async def create_task(
     hid = human_readable_id or model_human_readable_id
     if not hid:
         raise InvalidRequest("give the model as the query parameter human_readable_id (or model_human_readable_id)")
+    if callback_url and (problem := url_problem(callback_url, settings.webhook_hosts)):
+        raise CallbackRefused(problem)
     replayed = await run_in_threadpool(_admit, sessions, settings, hid, caller, idempotency_key)
     if replayed is not None:
         return replayed  # the body is not read: this key made its task already
@@ -156,7 +172,9 @@ async def create_task(
         raise InvalidRequest("send the input zip as the multipart file field zip_file")
     uid = _new_uid()
     try:
-        uid = await run_in_threadpool(_store, sessions, storage, uid, hid, caller, zip_in, idempotency_key)
+        uid = await run_in_threadpool(
+            _store, sessions, storage, uid, hid, caller, zip_in, idempotency_key, callback_url or None
+        )
     finally:
         zip_in.path.unlink(missing_ok=True)
     metrics.count_submission(hid)
@@ -241,13 +259,40 @@ async def get_task_output(
     return ZipFileResponse(output, media_type="application/zip", filename=f"{uid}.zip")
 
 
-@router.get("/{uid}/status", response_model=TaskOut, responses=answers(*TASK_ANSWERS, 401))
-def get_task_status(uid: TaskUid, session: SessionDep, settings: SettingsDep, caller: CallerDep) -> TaskOut:
-    """A task's status, timestamps, queue position, attempt, exit code and error."""
-    task = crud.get_task(session, uid=uid, caller=caller)
-    return crud_consumers.task_status(
-        session, task, stale_seconds=settings.consumer_stale_seconds, retention=retention_of(settings)
-    )
+def _status(
+    sessions: sessionmaker[Session], stale_seconds: float, retention: Retention, uid: str, caller: Caller
+) -> tuple[TaskOut, Fingerprint]:
+    """The status JSON of a task the caller may see, and what a waiter compares (one short session)."""
+    with sessions() as session:
+        task = crud.get_task(session, uid=uid, caller=caller)
+        status = crud_consumers.task_status(session, task, stale_seconds=stale_seconds, retention=retention)
+        return status, fingerprint(task)
+
+
+@router.get("/{uid}/status", response_model=TaskOut, responses=answers(*TASK_ANSWERS, 401, 422))
+async def get_task_status(
+    uid: TaskUid,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    watcher: WatcherDep,
+    caller: CallerDep,
+    wait: Annotated[
+        float | None,
+        Query(gt=0, le=MAX_WAIT_SECONDS, description="answer when status, phase or progress changes, or after this"),
+    ] = None,
+) -> TaskOut:
+    """A task's status, phase, progress, timestamps, queue position, attempt, exit code and error.
+
+    With `wait=S` (0 < S <= 60) the answer comes as soon as the status, phase or progress changes, or after S
+    seconds unchanged; a task that has ended answers at once. No database connection is held while it waits.
+    """
+    stale = settings.consumer_stale_seconds
+    status, seen = await run_in_threadpool(_status, sessions, stale, retention_of(settings), uid, caller)
+    if wait is None or status.status in FINAL_STATES:
+        return status
+    await watcher.wait(uid, seen, wait)
+    status, _ = await run_in_threadpool(_status, sessions, stale, retention_of(settings), uid, caller)
+    return status
 
 
 @router.get("/{uid}/logs", response_class=PlainTextResponse, responses=answers(*TASK_ANSWERS, 401))

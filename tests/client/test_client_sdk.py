@@ -175,7 +175,9 @@ def test_wait_backs_off_and_times_out(fake_server: FakeServer) -> None:
     client.add_model(container_tag="slow", human_readable_id="slow")
     uid = client.submit("slow", b"PK\x05\x06" + b"\x00" * 18)
     seen: list[str] = []
-    assert client.wait(uid, poll_initial=1.0, poll_max=2.0, on_status=lambda s: seen.append(s.status)).is_final
+    # Plain polls (long polls against a server that ignores `wait` are in test_client_wait.py).
+    final = client.wait(uid, poll_initial=1.0, poll_max=2.0, on_status=lambda s: seen.append(s.status), long_poll=False)
+    assert final.is_final
     assert seen == ["pending", "running", "running", "running", "finished"]
     assert max(pauses) <= 2.2 and pauses[2] > pauses[1] * 1.2  # grows while the state stays the same
     uid = client.submit("slow", b"PK\x05\x06" + b"\x00" * 18)

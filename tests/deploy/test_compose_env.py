@@ -24,6 +24,7 @@ pytestmark = pytest.mark.skipif(shutil.which("docker") is None, reason="needs th
 PRIVATE = ["private_api.config:Settings", "common.zips:ZipSettings"]
 PUBLIC = ["public_api.config:Settings"]
 CONSUMER = ["job_consumer.config:ConsumerSettings", "common.zips:ZipSettings"]
+WEBHOOKS = ["webhooks.config:Settings"]
 # Services that read settings, and the settings classes whose variables they read.
 SERVICES = {
     "docker-compose.yaml": {
@@ -31,6 +32,7 @@ SERVICES = {
         "public-api": PUBLIC,
         "job-consumer-cpu": CONSUMER,
         "job-consumer-gpu0": CONSUMER,
+        "webhooks": WEBHOOKS,
     },
     "docker-compose.gpu-host.yaml": {"job-consumer-gpu": CONSUMER},
 }
@@ -112,6 +114,8 @@ def _set_by_compose(service: str, values: dict[str, str], project: str) -> dict[
     work_dir = values.get("CONSUMER_WORK_DIR") or WORK_DIR
     if service == "private-api":
         return {"HOST": "0.0.0.0", "PORT": "7000", "DATA_DIR": "/data", "RABBITMQ_URL": rabbitmq}
+    if service == "webhooks":
+        return {"PRIVATE_API_URL": "http://private-api:7000"}
     if service == "public-api":
         return {"HOST": "0.0.0.0", "PORT": "8000", "PRIVATE_API_URL": "http://private-api:7000"}
     fixed = {

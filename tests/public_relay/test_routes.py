@@ -85,7 +85,7 @@ def test_the_openapi_documents_every_answer(public: httpx.Client):
     documented = {p["name"] for p in paths["/api/models/"]["post"]["parameters"]}
     assert documented == set(ModelIn.model_fields)
     task_query = {p["name"] for p in paths["/api/tasks/"]["post"]["parameters"]}
-    assert task_query == {"human_readable_id", "model_human_readable_id"}
+    assert task_query == {"human_readable_id", "model_human_readable_id", "callback_url"}
     assert "multipart/form-data" in paths["/api/tasks/"]["post"]["requestBody"]["content"]
 
 
