@@ -69,6 +69,13 @@ class Cli(KeysCommands):
         self.out(data, f"{self.client.base_url}: {data.get('status', 'ok')}")
         return 0
 
+    def _model_zip_size(self) -> int | None:
+        """The size of `--model-zip` (None for none or a folder); UsageError when it does not exist."""
+        path = self.args.model_zip
+        if path and not Path(path).exists():
+            raise UsageError(f"model zip not found: {path}")
+        return Path(path).stat().st_size if path and Path(path).is_file() else None
+
     def models_list(self) -> int:
         """`models list`."""
         models = self.client.list_models()
@@ -80,9 +87,7 @@ class Cli(KeysCommands):
     def models_add(self) -> int:
         """`models add`."""
         a = self.args
-        if a.model_zip and not Path(a.model_zip).exists():
-            raise UsageError(f"model zip not found: {a.model_zip}")
-        size = Path(a.model_zip).stat().st_size if a.model_zip and Path(a.model_zip).is_file() else None
+        size = self._model_zip_size()
         with ByteBar("upload model", total=size, enabled=self.feedback and bool(a.model_zip)) as bar:
             model = self.client.add_model(
                 container_tag=a.container_tag,
@@ -117,9 +122,7 @@ class Cli(KeysCommands):
     def models_update(self) -> int:
         """`models update`: a new version; the options not given stay as they are."""
         a = self.args
-        if a.model_zip and not Path(a.model_zip).exists():
-            raise UsageError(f"model zip not found: {a.model_zip}")
-        size = Path(a.model_zip).stat().st_size if a.model_zip and Path(a.model_zip).is_file() else None
+        size = self._model_zip_size()
         with ByteBar("upload model", total=size, enabled=self.feedback and bool(a.model_zip)) as bar:
             model = self.client.update_model(
                 a.human_readable_id,

@@ -20,7 +20,7 @@ from private_api.metrics import make_registry
 from private_api.orm import utcnow
 from private_api.publisher import Publisher
 from private_api.retention import Sweeper, retention_of
-from private_api.routes import audit, consumer, consumers, health, keys, metrics, models, tasks, webhooks
+from private_api.routes import audit, consumer, consumers, health, keys, metrics, models, submit, tasks, webhooks
 from private_api.storage import Storage
 from private_api.watching import Watcher
 
@@ -84,7 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redirect_slashes=False,
     )
     install_handlers(app)
-    routers = (models, tasks, keys, audit, consumer, consumers, health, metrics, webhooks)
+    routers = (models, submit, tasks, keys, audit, consumer, consumers, health, metrics, webhooks)
     for router in routers:
         app.include_router(router.router)
     app.add_middleware(StripTrailingSlash)

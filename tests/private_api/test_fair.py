@@ -25,7 +25,7 @@ from private_api.config import Settings
 from private_api.main import create_app
 from private_api.orm import ApiKey, IdempotencyKey, Task, utcnow
 from private_api.receiving import Received
-from private_api.routes.tasks import _store
+from private_api.routes.submit import _store
 from tests.private_api.conftest import AUTH, LiveServer
 from tests.private_api.helpers import add_model, make_zip
 

@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from common.settings import valid_uid
 from private_api.config import Settings
-from private_api.routes.tasks import _new_uid
+from private_api.routes.submit import _new_uid
 from tests.private_api.helpers import add_model, make_zip, submit
 
 
