@@ -136,6 +136,7 @@ class Cli(KeysCommands):
                 shm_size=a.shm_size,
                 cpus=a.cpus,
                 network=a.network,
+                max_output_size=a.max_output_size,
             )
         self.out(model.model_dump(mode="json"), f"model {model.human_readable_id} is now version {model.version}")
         return 0

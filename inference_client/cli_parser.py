@@ -155,7 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     upd.add_argument("--mem-limit", help="memory limit, a docker size such as 8g")
     upd.add_argument("--shm-size", help="shared memory, a docker size such as 2g")
     upd.add_argument("--cpus", type=_positive_float, help="CPU limit, e.g. 4")
-    upd.add_argument("--network", action="store_true", default=None, help="give the container a network")
+    upd_net = upd.add_mutually_exclusive_group()
+    upd_net.add_argument("--network", action="store_true", default=None, help="give the container a network")
+    upd_net.add_argument("--no-network", dest="network", action="store_false", help="no network (the default)")
+    upd.add_argument("--max-output-size", help="largest output zip, a docker size such as 50g")
 
     tasks = commands.add_parser("tasks", parents=[common], help="submit tasks and fetch their results")
     task_commands = tasks.add_subparsers(dest="action", metavar="ACTION", required=True)

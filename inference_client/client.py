@@ -28,7 +28,10 @@ from inference_client.waiting import MAX_WAIT_SECONDS, wait_until_final
 
 __all__ = ["DEFAULT_TIMEOUT", "InferenceClient", "InputSource", "is_zip_path"]
 
-_MODEL_QUERY_FIELDS = ("description", "use_gpu", "timeout", "mem_limit", "shm_size", "cpus", "network")
+# The fields a model update carries over (PUT sends the whole model: a field left out would go back to its default).
+_MODEL_QUERY_FIELDS = (
+    "description", "use_gpu", "timeout", "mem_limit", "shm_size", "cpus", "network", "max_output_size", "user",
+)  # fmt: skip
 
 
 def _query_value(value: Any) -> str:

@@ -19,6 +19,7 @@ from inference_client.errors import (
     BadRequestError,
     ConnectionFailedError,
     InferenceServerError,
+    InternalServerError,
     ServerBusyError,
     TaskNotFoundError,
     error_from_response,
@@ -33,6 +34,8 @@ DEFAULT_TIMEOUT = httpx.Timeout(connect=15.0, read=120.0, write=120.0, pool=15.0
 # Once a multi-GB upload is sent the server still checks and stores it before it answers.
 _UPLOAD_READ_TIMEOUT = 1800.0
 _CHUNK = 1024 * 1024
+# Resends of a submission whose answer was lost (it carries an Idempotency-Key, so a resend makes no second task).
+_LOST_ANSWER_RETRIES = 2
 _UID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
@@ -172,6 +175,7 @@ class HttpClient:
         `headers` each time, e.g. one Idempotency-Key)."""
         deadline = time.monotonic() + self.busy_retry_seconds
         delay = 2.0
+        lost_answers = _LOST_ANSWER_RETRIES
         while True:
             try:
                 if body is None:
@@ -191,6 +195,16 @@ class HttpClient:
                     headers={**(headers or {}), **body.headers()},
                     timeout=upload_timeout,
                 )
+            except (ConnectionFailedError, InternalServerError) as exc:
+                # The answer may be lost (a broken connection, a gateway's 502/504) after the server made the task:
+                # with an Idempotency-Key the same request again answers that task instead of making a second one.
+                lost = isinstance(exc, ConnectionFailedError) or exc.status_code in (502, 504)
+                replayable = body is None or body.total_source_bytes is not None
+                if not (lost and replayable and lost_answers > 0 and "Idempotency-Key" in (headers or {})):
+                    raise
+                lost_answers -= 1
+                logger.info("no answer (%s); sending it again with the same Idempotency-Key", exc.message)
+                self._sleep(1.0)
             except ServerBusyError as exc:
                 wait = exc.retry_after if exc.retry_after is not None else delay
                 if time.monotonic() + wait > deadline or (body is not None and body.total_source_bytes is None):

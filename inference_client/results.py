@@ -35,6 +35,8 @@ class Model(_Result):
     shm_size: str | None = None
     cpus: float | None = None
     network: bool = False
+    max_output_size: str | None = None
+    user: str | None = None
     version: int | None = None
     versions: list[dict[str, Any]] | None = None
     created_at: datetime | None = None

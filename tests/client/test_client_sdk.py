@@ -268,3 +268,48 @@ def test_unsafe_output_zip_is_not_unpacked(fake_server: FakeServer, tmp_path: Pa
     with pytest.raises(Exception, match="unpacked safely"):
         client.download(uid, tmp_path / "out")
     assert not (tmp_path / "escape.txt").exists()
+
+
+def test_update_model_carries_over_every_field_it_does_not_change() -> None:
+    current = {
+        "human_readable_id": "seg", "container_tag": "seg:1", "description": "d", "use_gpu": True, "timeout": 600,
+        "mem_limit": "8g", "shm_size": "1g", "cpus": 2.0, "network": True, "max_output_size": "7g", "user": "1000:1000",
+        "version": 1,
+    }  # fmt: skip
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json=current)
+        sent.append(request)
+        return httpx.Response(200, json={**current, **dict(request.url.params), "version": 2})
+
+    with InferenceClient("https://inference.test", transport=httpx.MockTransport(answer)) as client:
+        model = client.update_model("seg", network=False, container_tag="seg:2")
+    params = dict(sent[0].url.params)
+    assert sent[0].method == "PUT" and model.version == 2
+    assert params["container_tag"] == "seg:2" and params["network"] == "false"
+    assert (params["max_output_size"], params["user"], params["mem_limit"]) == ("7g", "1000:1000", "8g")
+
+
+def test_a_submission_whose_answer_was_lost_is_sent_again_with_the_same_key(tmp_path: Path) -> None:
+    made: dict[str, str] = {}  # Idempotency-Key -> uid, as the server keeps them
+    keys: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        request.read()
+        key = request.headers["Idempotency-Key"]
+        keys.append(key)
+        uid = made.setdefault(key, f"t{len(made)}uid0123456789abcdef")
+        if len(keys) == 1:
+            return httpx.Response(504, json={"detail": "the private API did not answer in time"})
+        return httpx.Response(200, json=uid)
+
+    source = tmp_path / "in.zip"
+    with zipfile.ZipFile(source, "w") as archive:
+        archive.writestr("a.txt", "a")
+    with InferenceClient("https://inference.test", transport=httpx.MockTransport(answer)) as client:
+        client._sleep = lambda seconds: None
+        uid = client.submit("seg", source)
+    assert len(keys) == 2 and keys[0] == keys[1]
+    assert uid == made[keys[0]] and len(made) == 1
