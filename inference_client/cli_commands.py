@@ -76,6 +76,19 @@ class Cli(KeysCommands):
             raise UsageError(f"model zip not found: {path}")
         return Path(path).stat().st_size if path and Path(path).is_file() else None
 
+    def _model_fields(self) -> dict[str, Any]:
+        """The model fields `models add` and `models update` share (None: not given)."""
+        a = self.args
+        return {
+            "description": a.description,
+            "use_gpu": a.use_gpu,
+            "timeout": a.time_limit,
+            "mem_limit": a.mem_limit,
+            "shm_size": a.shm_size,
+            "cpus": a.cpus,
+            "network": a.network,
+        }
+
     def models_list(self) -> int:
         """`models list`."""
         models = self.client.list_models()
@@ -93,13 +106,7 @@ class Cli(KeysCommands):
                 container_tag=a.container_tag,
                 human_readable_id=a.human_readable_id,
                 model_zip=a.model_zip,
-                description=a.description,
-                use_gpu=a.use_gpu,
-                timeout=a.time_limit,
-                mem_limit=a.mem_limit,
-                shm_size=a.shm_size,
-                cpus=a.cpus,
-                network=a.network,
+                **self._model_fields(),
                 progress=bar.update,
             )
         self.out(model.model_dump(mode="json"), f"registered model {model.human_readable_id}")
@@ -129,13 +136,7 @@ class Cli(KeysCommands):
                 model_zip=a.model_zip,
                 progress=bar.update,
                 container_tag=a.container_tag,
-                description=a.description,
-                use_gpu=a.use_gpu,
-                timeout=a.time_limit,
-                mem_limit=a.mem_limit,
-                shm_size=a.shm_size,
-                cpus=a.cpus,
-                network=a.network,
+                **self._model_fields(),
                 max_output_size=a.max_output_size,
             )
         self.out(model.model_dump(mode="json"), f"model {model.human_readable_id} is now version {model.version}")
